@@ -1,0 +1,49 @@
+"""localinfer: Hugging Face Inference API requests answered offline, in-process, on ONNX Runtime."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .engine import Answer, LocalInference
+from .errors import (
+    BadRequestError,
+    InferenceError,
+    ModelFailureError,
+    ModelLoadingError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+)
+
+__version__ = "0.1.0"
+
+_default: LocalInference | None = None
+_default_lock = threading.Lock()
+
+
+def default_engine() -> LocalInference:
+    """The engine `query` uses, configured from LOCALINFER_MODELS and LOCALINFER_HOME on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = LocalInference()
+        return _default
+
+
+def query(model_id: str, payload: Any, *, task: str | None = None) -> Any:
+    """Answer `payload` as the hosted Inference API answers it for `model_id`; raises InferenceError."""
+    return default_engine().query(model_id, payload, task=task)
+
+
+__all__ = [
+    "Answer",
+    "BadRequestError",
+    "InferenceError",
+    "LocalInference",
+    "ModelFailureError",
+    "ModelLoadingError",
+    "ModelNotFoundError",
+    "PayloadTooLargeError",
+    "default_engine",
+    "query",
+]

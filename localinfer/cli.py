@@ -1,0 +1,70 @@
+"""The `localinfer` command: query, list and export models. A thin adapter over LocalInference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .engine import LocalInference
+from .errors import InferenceError
+
+
+def _payload(data: str) -> Any:
+    """`--data`: JSON text, or `@path` for a file's bytes (JSON, text or a media file)."""
+    if data.startswith("@"):
+        return Path(data[1:]).expanduser().read_bytes()
+    return data.encode("utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localinfer", description=__doc__)
+    parser.add_argument("--models", help="models.toml to use (default: $LOCALINFER_MODELS, ./models.toml, packaged)")
+    parser.add_argument("--home", help="where exports and the result cache live (default: $LOCALINFER_HOME)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("query", help="answer one request and print its JSON")
+    ask.add_argument("model_id")
+    ask.add_argument("--data", required=True, help="the payload: JSON, or @FILE (JSON, text or a media file)")
+    ask.add_argument("--task", help="override the model's task")
+    commands.add_parser("models", help="list the registry: task, backend, whether an export exists")
+    export = commands.add_parser("export", help="export a model to ONNX ahead of time")
+    export.add_argument("model_id")
+    export.add_argument("--task", help="override the model's task")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="localinfer: %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+    for noisy in ("transformers", "optimum", "torch", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        engine = LocalInference(args.models, args.home)
+        if args.command == "query":
+            result = engine.query(args.model_id, _payload(args.data), task=args.task)
+            print(json.dumps(result, ensure_ascii=False))
+        elif args.command == "models":
+            _list_models(engine)
+        else:
+            print(engine.export(args.model_id, task=args.task))
+    except InferenceError as exc:
+        print(json.dumps(exc.body, ensure_ascii=False))
+        return 1
+    except OSError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    return 0
+
+
+def _list_models(engine: LocalInference) -> None:
+    print(f"{'model':48} {'task':24} {'backend':8} exported")
+    for model_id in engine.registry.ids():
+        try:
+            spec, handler = engine.resolve(model_id)
+            exported = "yes" if spec.backend == "onnx" and engine.onnx_file(spec, handler).is_file() else "no"
+            task, backend = handler.name, spec.backend
+        except InferenceError as exc:
+            task, backend, exported = "?", "?", f"error: {exc.message}"
+        print(f"{model_id:48} {task:24} {backend:8} {exported}")

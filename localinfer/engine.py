@@ -1,0 +1,210 @@
+"""LocalInference: resolves a model, consults the result cache, loads the model, dispatches to its task."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cache import ResultCache, cache_key
+from .errors import InferenceError, ModelFailureError, ModelLoadingError
+from .payload import parse_payload
+from .registry import ModelSpec, Registry, check_task_name, infer_task
+from .runtime import LoadedModel, folder_fingerprint, load_model, onnx_location
+from .tasks import Task, get_task
+
+log = logging.getLogger("localinfer")
+
+PACKAGED_MODELS = Path(__file__).with_name("models.toml")
+# Load-time estimates for a model never loaded here: reading weights, and exporting them first.
+_LOAD_BYTES_PER_S = 200e6
+_EXPORT_BYTES_PER_S = 20e6
+_EXPORT_FIXED_S = 8.0
+
+
+def default_models_file() -> Path:
+    """$LOCALINFER_MODELS, else ./models.toml if present, else the models.toml the package ships."""
+    if os.environ.get("LOCALINFER_MODELS"):
+        return Path(os.environ["LOCALINFER_MODELS"]).expanduser()
+    local = Path.cwd() / "models.toml"
+    return local if local.is_file() else PACKAGED_MODELS
+
+
+def default_home() -> Path:
+    """$LOCALINFER_HOME, else localinfer/ in the user's cache folder."""
+    if os.environ.get("LOCALINFER_HOME"):
+        return Path(os.environ["LOCALINFER_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "localinfer"
+
+
+@dataclass
+class Answer:
+    """A result with what the HTTP adapter reports about it."""
+
+    result: Any
+    task: str
+    cached: bool
+    compute_type: str
+    seconds: float
+
+
+class LocalInference:
+    """The engine behind `localinfer.query`: a registry, a result cache and the loaded models.
+
+    `emulate_loading=True` answers 503 with `estimated_time` while a model loads in the
+    background, as the hosted API did, unless the request sets `wait_for_model`; by default a
+    query waits for the load. `allow_paths=False` refuses local folders given as model ids.
+    """
+
+    def __init__(self, models_file: Path | str | None = None, home: Path | str | None = None, *,
+                 cache_size_limit: int = 1 << 30, emulate_loading: bool = False, threads: int | None = None,
+                 allow_paths: bool = True) -> None:  # fmt: skip
+        self.models_file = Path(models_file) if models_file else default_models_file()
+        self.home = Path(home) if home else default_home()
+        self.registry = Registry(self.models_file, allow_paths=allow_paths)
+        self.cache = ResultCache(self.home / "results", size_limit=cache_size_limit)
+        self.emulate_loading = emulate_loading
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._loads: dict[tuple, tuple[Future[LoadedModel], float, float]] = {}
+        self._fingerprints: dict[Path, str] = {}
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="localinfer-load")
+
+    # -- the entry points ------------------------------------------------------------------------
+
+    def query(self, model_id: str, payload: Any, *, task: str | None = None) -> Any:
+        """The contract's JSON answer to `payload` from `model_id`; raises InferenceError."""
+        return self.answer(model_id, payload, task=task).result
+
+    def answer(self, model_id: str, payload: Any, *, task: str | None = None) -> Answer:
+        """As `query`, with whether the cache answered and what computed it."""
+        started = time.perf_counter()
+        spec, handler = self.resolve(model_id, task)
+        request = parse_payload(payload, media=handler.media)
+        inputs, parameters = handler.validate(request.inputs, request.parameters)
+        key = cache_key(
+            model=spec.model_id, weights=self.fingerprint(spec), task=handler.name, backend=spec.backend,
+            inputs=request.inputs, parameters=parameters.model_dump(mode="json", exclude_unset=True),
+        )  # fmt: skip
+        if request.options.use_cache:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return Answer(hit, handler.name, True, "cache", time.perf_counter() - started)
+        model = self._loaded(spec, handler, wait=request.options.wait_for_model)
+        try:
+            result = handler.run(model, inputs, parameters)
+        except InferenceError:
+            raise
+        except Exception as exc:
+            log.exception("model %s failed on task %s", model_id, handler.name)
+            raise ModelFailureError(f"{type(exc).__name__}: {exc}") from exc
+        self.cache.set(key, result)
+        return Answer(result, handler.name, False, model.runner.compute_type, time.perf_counter() - started)
+
+    def preload(self, model_id: str, *, task: str | None = None) -> LoadedModel:
+        """Load (and export, if needed) a model now, waiting for it."""
+        spec, handler = self.resolve(model_id, task)
+        return self._loaded(spec, handler, wait=True)
+
+    def export(self, model_id: str, *, task: str | None = None) -> Path:
+        """Export a model to ONNX ahead of time; returns the ONNX file."""
+        spec, handler = self.resolve(model_id, task)
+        self._loaded(spec, handler, wait=True)
+        return self.onnx_file(spec, handler)
+
+    def resolve(self, model_id: str, task: str | None = None) -> tuple[ModelSpec, Task]:
+        """The model's spec and the handler of its task (`task` overrides models.toml and inference)."""
+        spec = self.registry.resolve(model_id)
+        if task is not None:
+            check_task_name(task)
+        return spec, get_task(task or spec.task or infer_task(spec.path))
+
+    def onnx_file(self, spec: ModelSpec, handler: Task) -> Path:
+        kind = handler.export_kind(spec.path)
+        return onnx_location(spec, kind, self.home, self.fingerprint(spec))
+
+    def fingerprint(self, spec: ModelSpec) -> str:
+        if spec.path not in self._fingerprints:
+            self._fingerprints[spec.path] = folder_fingerprint(spec.path, self.home / "fingerprints.json")
+        return self._fingerprints[spec.path]
+
+    def state(self, model_id: str) -> str:
+        """`not loaded`, `loading`, `ready` or `failed`, for any model id this engine has seen."""
+        with self._lock:
+            futures = [entry[0] for key, entry in self._loads.items() if key[0] == model_id]
+        if not futures:
+            return "not loaded"
+        if not all(f.done() for f in futures):
+            return "loading"
+        return "failed" if any(f.exception() for f in futures) else "ready"
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.cache.close()
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _loaded(self, spec: ModelSpec, handler: Task, *, wait: bool) -> LoadedModel:
+        kind = handler.export_kind(spec.path)
+        key = (spec.model_id, spec.path, spec.backend, kind)
+        with self._lock:
+            entry = self._loads.get(key)
+            if entry is None or (entry[0].done() and entry[0].exception() is not None):
+                estimate = self._estimate_load_seconds(spec, handler)
+                future = self._executor.submit(self._load, spec, kind)
+                entry = self._loads[key] = (future, time.monotonic(), estimate)
+        future, since, estimate = entry
+        if not future.done() and self.emulate_loading and not wait:
+            raise ModelLoadingError(spec.model_id, max(estimate - (time.monotonic() - since), 0.1))
+        try:
+            return future.result()
+        except InferenceError:
+            raise
+        except Exception as exc:
+            log.exception("loading %s failed", spec.model_id)
+            raise ModelFailureError(f"Model {spec.model_id} failed to load: {type(exc).__name__}: {exc}") from exc
+
+    def _load(self, spec: ModelSpec, kind: Any) -> LoadedModel:
+        model = load_model(spec, kind, home=self.home, fingerprint=self.fingerprint(spec), threads=self.threads)
+        self._record_load_time(spec, model.load_seconds)
+        log.info("loaded %s (%s) in %.2f s", spec.model_id, spec.backend, model.load_seconds)
+        return model
+
+    def _load_times_file(self) -> Path:
+        return self.home / "load_times.json"
+
+    def _estimate_load_seconds(self, spec: ModelSpec, handler: Task) -> float:
+        """The last measured load of these weights, else an estimate from their size."""
+        try:
+            known = json.loads(self._load_times_file().read_text())
+        except (OSError, ValueError):
+            known = {}
+        recorded = known.get(f"{self.fingerprint(spec)}:{spec.backend}")
+        exported = spec.backend == "torch" or self.onnx_file(spec, handler).is_file()
+        if isinstance(recorded, (int, float)) and exported:
+            return float(recorded)
+        size = sum(p.stat().st_size for p in spec.path.rglob("*") if p.is_file())
+        estimate = size / _LOAD_BYTES_PER_S + 0.5
+        return estimate if exported else estimate + _EXPORT_FIXED_S + size / _EXPORT_BYTES_PER_S
+
+    def _record_load_time(self, spec: ModelSpec, seconds: float) -> None:
+        path = self._load_times_file()
+        with self._lock:
+            try:
+                known = json.loads(path.read_text())
+            except (OSError, ValueError):
+                known = {}
+            known[f"{self.fingerprint(spec)}:{spec.backend}"] = round(seconds, 3)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(known))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # only an estimate is lost

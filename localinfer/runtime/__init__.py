@@ -1,0 +1,71 @@
+"""Loading a model for a task: find or make its ONNX export, open a session (or PyTorch), load its tokenizer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..registry import ModelSpec
+from ..text import read_json
+from .export import ExportKind, existing_onnx, export_dir, export_onnx
+from .fingerprint import folder_fingerprint
+
+
+class Runner(Protocol):
+    backend: str
+    compute_type: str
+    input_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class LoadedModel:
+    """What a task needs to run: the runner, the source folder and its config, and where files live."""
+
+    spec: ModelSpec
+    runner: Runner
+    config: dict[str, Any]
+    files: Path  # the folder with the tokenizer/processor files the runner goes with
+    load_seconds: float = 0.0
+    state: dict[str, Any] = field(default_factory=dict)  # per-task prepared state
+
+    @property
+    def folder(self) -> Path:
+        return self.spec.path
+
+
+def onnx_location(spec: ModelSpec, kind: ExportKind, home: Path, fingerprint: str) -> Path:
+    """The ONNX file that serves `spec`: one shipped in its folder, else its export under `home`."""
+    shipped = existing_onnx(spec.path)
+    if shipped is not None:
+        return shipped
+    return export_dir(home, spec.model_id, fingerprint, kind) / "model.onnx"
+
+
+def load_model(spec: ModelSpec, kind: ExportKind, *, home: Path, fingerprint: str,
+               threads: int | None = None) -> LoadedModel:  # fmt: skip
+    """Load `spec` on its backend, exporting it to ONNX first when no export exists."""
+    started = time.perf_counter()
+    config = read_json(spec.path / "config.json")
+    if spec.backend == "torch":
+        from .torch import TorchRunner
+
+        runner: Runner = TorchRunner(spec.path, kind)
+        files = spec.path
+    else:
+        from .onnx import OnnxRunner
+
+        model_file = onnx_location(spec, kind, home, fingerprint)
+        if not model_file.is_file():
+            export_onnx(spec.path, kind, model_file.parent)
+        runner = OnnxRunner(model_file, threads=threads)
+        files = model_file.parent if (model_file.parent / "tokenizer.json").is_file() else spec.path
+    return LoadedModel(spec, runner, config, files, time.perf_counter() - started)
+
+
+__all__ = ["ExportKind", "LoadedModel", "Runner", "folder_fingerprint", "load_model", "onnx_location"]

@@ -1,0 +1,23 @@
+"""The table of tasks: name -> handler."""
+
+from __future__ import annotations
+
+from ..errors import BadRequestError
+from ..registry import check_task_name
+from .base import Task
+from .feature_extraction import FeatureExtraction
+from .sentence_similarity import SentenceSimilarity
+from .text_classification import TextClassification
+
+TASKS: dict[str, Task] = {task.name: task for task in (FeatureExtraction(), SentenceSimilarity(), TextClassification())}
+
+
+def get_task(name: str) -> Task:
+    """The handler of `name`; a 400 for an unknown task or one that has no handler yet."""
+    check_task_name(name)
+    if name not in TASKS:
+        raise BadRequestError(f"task {name!r} is not supported yet; supported: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "Task", "get_task"]

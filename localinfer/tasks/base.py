@@ -1,0 +1,63 @@
+"""What every task is: validated inputs and parameters, the export it needs, and how it runs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from ..errors import BadRequestError
+from ..payload import format_validation_error
+from ..runtime import ExportKind, LoadedModel
+from ..text import TextTokenizer
+
+BATCH_SIZE = 32
+
+
+class Parameters(BaseModel):
+    """Base of every task's parameter model: strict types, unknown parameters refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Task(ABC):
+    """One task of the contract. Subclasses set `name`, `Inputs` (a type) and `Parameters`."""
+
+    name: ClassVar[str]
+    Inputs: ClassVar[Any]
+    Parameters: ClassVar[type[Parameters]] = Parameters
+    media: ClassVar[bool] = False  # takes raw file bytes
+
+    def __init__(self) -> None:
+        self._inputs = TypeAdapter(self.Inputs)
+
+    def validate(self, inputs: Any, parameters: dict[str, Any]) -> tuple[Any, Parameters]:
+        """Inputs and parameters checked against the contract; a 400 naming the field otherwise."""
+        try:
+            checked_inputs = self._inputs.validate_python(inputs, strict=True)
+        except ValidationError as exc:
+            raise BadRequestError(format_validation_error(exc, "inputs")) from None
+        try:
+            checked_parameters = self.Parameters.model_validate(parameters)
+        except ValidationError as exc:
+            raise BadRequestError(format_validation_error(exc, "parameters")) from None
+        return checked_inputs, checked_parameters
+
+    @abstractmethod
+    def export_kind(self, folder: Path) -> ExportKind:
+        """How optimum exports a model of this task (and which PyTorch class runs it)."""
+
+    @abstractmethod
+    def run(self, model: LoadedModel, inputs: Any, parameters: Any) -> Any:
+        """The contract's JSON answer for validated inputs and parameters."""
+
+
+def text_tokenizer(model: LoadedModel, *, max_length: int | None = None, lowercase: bool = False) -> TextTokenizer:
+    """The model's tokenizer, loaded once per model and settings."""
+    key = ("tokenizer", max_length, lowercase)
+    if key not in model.state:
+        model.state[key] = TextTokenizer.from_folder(model.files, model.config, max_length=max_length,
+                                                     lowercase=lowercase)  # fmt: skip
+    return model.state[key]

@@ -1,0 +1,97 @@
+"""Text tokenization with the `tokenizers` library and length-sorted batching.
+
+The ONNX route tokenizes with `tokenizers` directly, not through `transformers`: importing
+`transformers` costs seconds, which would make every new process slow to answer. A fast
+`transformers` tokenizer is a thin wrapper around the same `tokenizer.json`, so the ids are equal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+# transformers stores "no limit" as int(1e30); positions of these models start after the pad id.
+_NO_LIMIT = 10**12
+_POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "ibert", "xlm-roberta-xl"}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _token_content(token: Any) -> str | None:
+    return token.get("content") if isinstance(token, dict) else token
+
+
+class TextTokenizer:
+    """Encodes texts (or text pairs) into padded int64 arrays, truncated to the model's window."""
+
+    def __init__(self, tokenizer: Any, *, pad_id: int, max_length: int, lowercase: bool = False,
+                 pad_left: bool = False) -> None:  # fmt: skip
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.lowercase = lowercase
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
+        pad_token = tokenizer.id_to_token(pad_id) or "[PAD]"
+        tokenizer.enable_padding(direction="left" if pad_left else "right", pad_id=pad_id, pad_token=pad_token)
+
+    @classmethod
+    def from_folder(cls, folder: Path, config: dict[str, Any], *, max_length: int | None = None,
+                    lowercase: bool = False) -> TextTokenizer:  # fmt: skip
+        """Load `tokenizer.json` with its `tokenizer_config.json` (pad token, window, padding side)."""
+        from tokenizers import Tokenizer
+
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no tokenizer.json (a fast tokenizer is needed)")
+        tokenizer = Tokenizer.from_file(str(path))
+        settings = read_json(folder / "tokenizer_config.json")
+        specials = read_json(folder / "special_tokens_map.json")
+        pad = _token_content(settings.get("pad_token") or specials.get("pad_token"))
+        pad_id = tokenizer.token_to_id(pad) if pad else None
+        if pad_id is None:
+            pad_id = config.get("pad_token_id") if isinstance(config.get("pad_token_id"), int) else 0
+        limits = [settings.get("model_max_length") or _NO_LIMIT, max_length or _NO_LIMIT]
+        positions = config.get("max_position_embeddings")
+        if isinstance(positions, int):
+            if config.get("model_type") in _POSITION_OFFSET_MODELS:
+                positions -= (config.get("pad_token_id") or 1) + 1
+            limits.append(positions)
+        window = int(min(limits))
+        if window >= _NO_LIMIT:
+            window = 512
+        return cls(tokenizer, pad_id=pad_id, max_length=window, lowercase=lowercase,
+                   pad_left=settings.get("padding_side") == "left")  # fmt: skip
+
+    def encode(self, texts: Sequence[str | tuple[str, str]]) -> dict[str, np.ndarray]:
+        """`input_ids`, `attention_mask` and `token_type_ids`, padded to the longest in the batch."""
+        if self.lowercase:
+            texts = [t.lower() if isinstance(t, str) else (t[0].lower(), t[1].lower()) for t in texts]
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+
+
+def run_batched(items: Sequence[T], run: Callable[[list[T]], list[Any]], *, batch_size: int,
+                length: Callable[[T], int]) -> list[Any]:  # fmt: skip
+    """`run` over batches of items of similar length (less padding); results in the items' order."""
+    order = sorted(range(len(items)), key=lambda i: -length(items[i]))
+    results: list[Any] = [None] * len(items)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for index, result in zip(chunk, run([items[i] for i in chunk]), strict=True):
+            results[index] = result
+    return results
