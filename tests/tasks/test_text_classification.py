@@ -17,9 +17,18 @@ def oracles(tiny):
     return {name: pipeline("text-classification", model=str(tiny[name])) for name in MODELS}
 
 
+PARAMETERS = [
+    {},
+    {"top_k": 1},
+    {"top_k": 2},
+    {"function_to_apply": "sigmoid"},
+    {"function_to_apply": "softmax", "top_k": 3},
+    {"function_to_apply": "NONE"},
+]
+
+
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("parameters", [{}, {"top_k": 1}, {"top_k": 2}, {"function_to_apply": "sigmoid"},
-                                        {"function_to_apply": "softmax", "top_k": 3}, {"function_to_apply": "NONE"}])  # fmt: skip
+@pytest.mark.parametrize("parameters", PARAMETERS)
 def test_parity_with_the_pipeline(engine, oracles, name, parameters):
     oracle_kwargs = {"top_k": None, **parameters}
     expected = [oracles[name](text, **oracle_kwargs) for text in SENTENCES]

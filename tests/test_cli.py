@@ -1,0 +1,71 @@
+"""The command line: the README's main job, the model list, export, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import assert_close
+from tests.fixtures.tiny_models import write_models_toml
+
+MAIN_JOB = {
+    "inputs": {
+        "source_sentence": "That is a happy person",
+        "sentences": ["That is a happy dog", "That is a very happy person", "Today is a sunny day"],
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def cli_env(tiny, home, tmp_path_factory):
+    toml = write_models_toml(tmp_path_factory.mktemp("cli") / "models.toml", tiny)
+    return {**os.environ, "LOCALINFER_HOME": str(home), "LOCALINFER_MODELS": str(toml)}
+
+
+def run(env, *args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "localinfer", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_main_job_prints_the_published_numbers(home, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LOCALINFER_MODELS"}
+    env["LOCALINFER_HOME"] = str(home)
+    done = run(env, "query", "sentence-transformers/all-MiniLM-L6-v2", "--data", json.dumps(MAIN_JOB), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_close(json.loads(done.stdout), [0.6945773363113403, 0.9429150819778442, 0.2568760812282562], 1e-5)
+
+
+def test_query_from_a_file(cli_env, tmp_path):
+    (tmp_path / "payload.json").write_text(json.dumps({"inputs": "I love you", "parameters": {"top_k": 1}}))
+    done = run(cli_env, "query", "tiny/distilbert-sentiment", "--data", f"@{tmp_path / 'payload.json'}")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert len(answer) == 1 and len(answer[0]) == 1 and answer[0][0]["label"] in {"POSITIVE", "NEGATIVE"}
+
+
+def test_models_lists_task_backend_and_export(cli_env):
+    done = run(cli_env, "models")
+    assert done.returncode == 0, done.stderr
+    line = next(row for row in done.stdout.splitlines() if row.startswith("tiny/distilbert-sentiment"))
+    assert line.split()[1:3] == ["text-classification", "onnx"]
+
+
+def test_export_then_listed_as_exported(cli_env, tmp_path):
+    env = {**cli_env, "LOCALINFER_HOME": str(tmp_path / "home")}
+    done = run(env, "export", "tiny/bert-single-label")
+    assert done.returncode == 0 and done.stdout.strip().endswith("model.onnx"), done.stderr
+    assert "exporting" in done.stderr  # progress while the first export runs
+    listed = run(env, "models").stdout
+    assert next(r for r in listed.splitlines() if r.startswith("tiny/bert-single-label")).split()[-1] == "yes"
+
+
+def test_errors_print_the_json_body_and_fail(cli_env):
+    done = run(cli_env, "query", "tiny/distilbert-sentiment", "--data", '{"inputs": "x", "parameters": {"top_k": 0}}')
+    assert done.returncode == 1 and "parameters.top_k" in json.loads(done.stdout)["error"]
+    assert "Traceback" not in done.stderr
+    done = run(cli_env, "query", "nobody/nothing", "--data", '"x"')
+    assert done.returncode == 1 and "not found" in json.loads(done.stdout)["error"]
