@@ -16,7 +16,7 @@ from .cache import ResultCache, cache_key
 from .errors import InferenceError, ModelFailureError, ModelLoadingError
 from .payload import parse_payload
 from .registry import ModelSpec, Registry, check_task_name, infer_task
-from .runtime import LoadedModel, folder_fingerprint, load_model, onnx_location
+from .runtime import ExportKind, LoadedModel, folder_fingerprint, load_model, onnx_location
 from .tasks import Task, get_task
 
 log = logging.getLogger("localinfer")
@@ -74,6 +74,7 @@ class LocalInference:
         self._lock = threading.Lock()
         self._loads: dict[tuple, tuple[Future[LoadedModel], float, float]] = {}
         self._fingerprints: dict[Path, str] = {}
+        self._resolved: dict[tuple[str, str | None], tuple[ModelSpec, Task, ExportKind]] = {}
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="localinfer-load")
 
     # -- the entry points ------------------------------------------------------------------------
@@ -85,7 +86,7 @@ class LocalInference:
     def answer(self, model_id: str, payload: Any, *, task: str | None = None) -> Answer:
         """As `query`, with whether the cache answered and what computed it."""
         started = time.perf_counter()
-        spec, handler = self.resolve(model_id, task)
+        spec, handler, kind = self._resolve(model_id, task)
         request = parse_payload(payload, media=handler.media)
         inputs, parameters = handler.validate(request.inputs, request.parameters)
         key = cache_key(
@@ -96,7 +97,7 @@ class LocalInference:
             hit = self.cache.get(key)
             if hit is not None:
                 return Answer(hit, handler.name, True, "cache", time.perf_counter() - started)
-        model = self._loaded(spec, handler, wait=request.options.wait_for_model)
+        model = self._loaded(spec, handler, kind, wait=request.options.wait_for_model)
         try:
             result = handler.run(model, inputs, parameters)
         except InferenceError:
@@ -109,21 +110,29 @@ class LocalInference:
 
     def preload(self, model_id: str, *, task: str | None = None) -> LoadedModel:
         """Load (and export, if needed) a model now, waiting for it."""
-        spec, handler = self.resolve(model_id, task)
-        return self._loaded(spec, handler, wait=True)
+        return self._loaded(*self._resolve(model_id, task), wait=True)
 
     def export(self, model_id: str, *, task: str | None = None) -> Path:
         """Export a model to ONNX ahead of time; returns the ONNX file."""
-        spec, handler = self.resolve(model_id, task)
-        self._loaded(spec, handler, wait=True)
+        spec, handler, kind = self._resolve(model_id, task)
+        self._loaded(spec, handler, kind, wait=True)
         return self.onnx_file(spec, handler)
 
     def resolve(self, model_id: str, task: str | None = None) -> tuple[ModelSpec, Task]:
         """The model's spec and the handler of its task (`task` overrides models.toml and inference)."""
-        spec = self.registry.resolve(model_id)
-        if task is not None:
-            check_task_name(task)
-        return spec, get_task(task or spec.task or infer_task(spec.path))
+        spec, handler, _ = self._resolve(model_id, task)
+        return spec, handler
+
+    def _resolve(self, model_id: str, task: str | None) -> tuple[ModelSpec, Task, ExportKind]:
+        """Resolved once per (model, task): the hot path reads no file to find its model."""
+        found = self._resolved.get((model_id, task))
+        if found is None:
+            spec = self.registry.resolve(model_id)
+            if task is not None:
+                check_task_name(task)
+            handler = get_task(task or spec.task or infer_task(spec.path))
+            found = self._resolved[(model_id, task)] = (spec, handler, handler.export_kind(spec.path))
+        return found
 
     def onnx_file(self, spec: ModelSpec, handler: Task) -> Path:
         kind = handler.export_kind(spec.path)
@@ -150,8 +159,7 @@ class LocalInference:
 
     # -- loading ---------------------------------------------------------------------------------
 
-    def _loaded(self, spec: ModelSpec, handler: Task, *, wait: bool) -> LoadedModel:
-        kind = handler.export_kind(spec.path)
+    def _loaded(self, spec: ModelSpec, handler: Task, kind: ExportKind, *, wait: bool) -> LoadedModel:
         key = (spec.model_id, spec.path, spec.backend, kind)
         with self._lock:
             entry = self._loads.get(key)
@@ -170,7 +178,7 @@ class LocalInference:
             log.exception("loading %s failed", spec.model_id)
             raise ModelFailureError(f"Model {spec.model_id} failed to load: {type(exc).__name__}: {exc}") from exc
 
-    def _load(self, spec: ModelSpec, kind: Any) -> LoadedModel:
+    def _load(self, spec: ModelSpec, kind: ExportKind) -> LoadedModel:
         model = load_model(spec, kind, home=self.home, fingerprint=self.fingerprint(spec), threads=self.threads)
         self._record_load_time(spec, model.load_seconds)
         log.info("loaded %s (%s) in %.2f s", spec.model_id, spec.backend, model.load_seconds)

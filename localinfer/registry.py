@@ -50,6 +50,7 @@ class Registry:
         self.toml_path = toml_path
         self.allow_paths = allow_paths
         self.entries: dict[str, tuple[_Entry, str]] = {}
+        self._resolved: dict[str, ModelSpec] = {}  # successes only: a folder that appears later is found
         if toml_path is not None:
             self._load(toml_path)
 
@@ -76,6 +77,12 @@ class Registry:
 
     def resolve(self, model_id: str) -> ModelSpec:
         """The spec of `model_id`: a models.toml entry, a local folder, or the local HF cache."""
+        spec = self._resolved.get(model_id)
+        if spec is None:
+            spec = self._resolved[model_id] = self._resolve(model_id)
+        return spec
+
+    def _resolve(self, model_id: str) -> ModelSpec:
         if model_id in self.entries:
             entry, where = self.entries[model_id]
             return ModelSpec(model_id, self._entry_folder(entry, where), entry.task, entry.backend, where)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from localinfer.cache import ResultCache, cache_key
 
 
@@ -15,7 +17,7 @@ def test_values_are_json_not_pickles(tmp_path):
     cache = ResultCache(tmp_path / "c")
     cache.set("k", [[{"label": "a", "score": 0.5}]])
     assert cache.get("k") == [[{"label": "a", "score": 0.5}]]
-    assert isinstance(cache._open().get("k"), str)  # stored as JSON text
+    assert json.loads(cache._open().get("k")) == [[{"label": "a", "score": 0.5}]]  # stored as JSON text
 
 
 def test_corrupt_database_recreates_the_store(tmp_path):

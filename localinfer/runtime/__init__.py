@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,8 +20,9 @@ class Runner(Protocol):
     backend: str
     compute_type: str
     input_names: list[str]
+    output_names: list[str] | None  # None: known only when it runs (PyTorch)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -28,6 +30,7 @@ class LoadedModel:
     """What a task needs to run: the runner, the source folder and its config, and where files live."""
 
     spec: ModelSpec
+    kind: ExportKind
     runner: Runner
     config: dict[str, Any]
     files: Path  # the folder with the tokenizer/processor files the runner goes with
@@ -65,7 +68,7 @@ def load_model(spec: ModelSpec, kind: ExportKind, *, home: Path, fingerprint: st
             export_onnx(spec.path, kind, model_file.parent)
         runner = OnnxRunner(model_file, threads=threads)
         files = model_file.parent if (model_file.parent / "tokenizer.json").is_file() else spec.path
-    return LoadedModel(spec, runner, config, files, time.perf_counter() - started)
+    return LoadedModel(spec, kind, runner, config, files, time.perf_counter() - started)
 
 
 __all__ = ["ExportKind", "LoadedModel", "Runner", "folder_fingerprint", "load_model", "onnx_location"]

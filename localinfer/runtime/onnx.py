@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,9 @@ class OnnxRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.compute_type = "gpu+optimized" if "CUDA" in self.session.get_providers()[0] else "cpu+optimized"
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph. `outputs` names the outputs wanted; those it lacks are skipped (all if none match)."""
+        names = [n for n in outputs or () if n in self.output_names] or self.output_names
         inputs = {}
         for name in self.input_names:
             if name in feeds:
@@ -50,4 +53,4 @@ class OnnxRunner:
                 inputs[name] = np.zeros_like(feeds["input_ids"])
             else:
                 raise KeyError(f"the ONNX graph needs input {name!r}")
-        return dict(zip(self.output_names, self.session.run(self.output_names, inputs), strict=True))
+        return dict(zip(names, self.session.run(names, inputs), strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ class TorchRunner:
 
     backend = "torch"
     compute_type = "cpu"
+    output_names = None
 
     def __init__(self, folder: Path, kind: ExportKind) -> None:
         import inspect
@@ -35,7 +37,8 @@ class TorchRunner:
         forward = self.model.forward
         self.input_names = list(inspect.signature(forward).parameters)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model; every tensor output comes back (`outputs` is a hint the ONNX route uses)."""
         torch = self._torch
         tensors = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
         with torch.inference_mode():

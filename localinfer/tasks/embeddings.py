@@ -104,9 +104,13 @@ def sentence_embeddings(model: LoadedModel, texts: list[str]) -> np.ndarray:
     config: PoolingConfig = model.state["pooling"]
     tokenizer = text_tokenizer(model, max_length=config.max_seq_length, lowercase=config.lowercase)
 
+    graph_outputs = model.runner.output_names
+    pooled_in_graph = graph_outputs is None or "sentence_embedding" in graph_outputs
+    wanted = ("sentence_embedding",) if pooled_in_graph else ("token_embeddings", "last_hidden_state")
+
     def run(batch: list[str]) -> list[np.ndarray]:
         feeds = tokenizer.encode(batch)
-        outputs = model.runner.run(feeds)
+        outputs = model.runner.run(feeds, wanted)
         if "sentence_embedding" in outputs:
             return list(outputs["sentence_embedding"])
         tokens = outputs.get("token_embeddings", outputs.get("last_hidden_state"))

@@ -11,7 +11,7 @@ from pydantic import Field
 from ..runtime import ExportKind, LoadedModel
 from ..text import run_batched
 from .base import BATCH_SIZE, Task, text_tokenizer
-from .embeddings import embedding_export_kind, is_sentence_transformer, sentence_embeddings
+from .embeddings import embedding_export_kind, sentence_embeddings
 
 
 class FeatureExtraction(Task):
@@ -30,7 +30,7 @@ class FeatureExtraction(Task):
 
     def run(self, model: LoadedModel, inputs: str | list[str], parameters: Any) -> Any:
         texts = [inputs] if isinstance(inputs, str) else inputs
-        if is_sentence_transformer(model.folder):
+        if model.kind.library == "sentence_transformers":
             vectors = sentence_embeddings(model, texts).tolist()
         else:
             vectors = token_features(model, texts)
