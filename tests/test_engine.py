@@ -207,3 +207,16 @@ def test_no_socket_is_opened_by_a_whole_query_export_included(tiny, tmp_path, mo
     assert engine.query("tiny/roberta-multilabel", "offline please")
     assert engine.query("sentence-transformers/all-MiniLM-L6-v2", {"source_sentence": "a", "sentences": ["b"]})
     assert (tmp_path / "home" / "exports").is_dir() and not attempts, time.perf_counter() - start
+
+
+def test_module_level_query_reads_its_configuration_on_first_use(tiny, tmp_path, monkeypatch):
+    import localinfer
+
+    toml = write_models_toml(tmp_path / "models.toml", tiny)
+    monkeypatch.setenv("LOCALINFER_MODELS", str(toml))
+    monkeypatch.setenv("LOCALINFER_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(localinfer, "_default", None)
+    answer = localinfer.query(CLASSIFIER, {"inputs": "hello", "parameters": {"top_k": 1}})
+    assert len(answer[0]) == 1
+    assert localinfer.default_engine().home == tmp_path / "home"
+    assert (tmp_path / "home" / "exports").is_dir()
