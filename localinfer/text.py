@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 # transformers stores "no limit" as int(1e30); positions of these models start after the pad id.
 _NO_LIMIT = 10**12
+# transformers' PreTrainedTokenizerBase.clean_up_tokenization, in its order.
+_CLEAN_UP = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]  # fmt: skip
 _POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "ibert", "xlm-roberta-xl"}
 
 
@@ -36,10 +39,12 @@ class TextTokenizer:
     """Encodes texts (or text pairs) into padded int64 arrays, truncated to the model's window."""
 
     def __init__(self, tokenizer: Any, *, pad_id: int, max_length: int, lowercase: bool = False,
-                 pad_left: bool = False) -> None:  # fmt: skip
+                 pad_left: bool = False, settings: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.lowercase = lowercase
+        self.pad_id = pad_id
+        self.settings = settings or {}
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
         pad_token = tokenizer.id_to_token(pad_id) or "[PAD]"
@@ -70,8 +75,24 @@ class TextTokenizer:
         window = int(min(limits))
         if window >= _NO_LIMIT:
             window = 512
+        for name, token in specials.items():  # special_tokens_map.json fills what tokenizer_config lacks
+            settings.setdefault(name, token)
         return cls(tokenizer, pad_id=pad_id, max_length=window, lowercase=lowercase,
-                   pad_left=settings.get("padding_side") == "left")  # fmt: skip
+                   pad_left=settings.get("padding_side") == "left", settings=settings)  # fmt: skip
+
+    def special_token(self, name: str) -> tuple[str, int] | None:
+        """A special token (`mask_token`, `sep_token`, ...) and its id, if the tokenizer has it."""
+        token = _token_content(self.settings.get(name))
+        token_id = self.tokenizer.token_to_id(token) if token else None
+        return None if token_id is None else (token, token_id)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        """As transformers' fast `decode`, with its `clean_up_tokenization_spaces` setting."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        if self.settings.get("clean_up_tokenization_spaces", False):
+            for before, after in _CLEAN_UP:
+                text = text.replace(before, after)
+        return text
 
     def encode(self, texts: Sequence[str | tuple[str, str]]) -> dict[str, np.ndarray]:
         """`input_ids`, `attention_mask` and `token_type_ids`, padded to the longest in the batch."""

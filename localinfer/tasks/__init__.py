@@ -6,10 +6,13 @@ from ..errors import BadRequestError
 from ..registry import check_task_name
 from .base import Task
 from .feature_extraction import FeatureExtraction
+from .fill_mask import FillMask
 from .sentence_similarity import SentenceSimilarity
 from .text_classification import TextClassification
 
-TASKS: dict[str, Task] = {task.name: task for task in (FeatureExtraction(), SentenceSimilarity(), TextClassification())}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (FeatureExtraction(), FillMask(), SentenceSimilarity(), TextClassification())
+}
 
 
 def get_task(name: str) -> Task:
