@@ -39,20 +39,21 @@ class TextTokenizer:
     """Encodes texts (or text pairs) into padded int64 arrays, truncated to the model's window."""
 
     def __init__(self, tokenizer: Any, *, pad_id: int, max_length: int, lowercase: bool = False,
-                 pad_left: bool = False, settings: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 pad_left: bool = False, settings: dict[str, Any] | None = None,
+                 truncation: str = "longest_first") -> None:  # fmt: skip
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.lowercase = lowercase
         self.pad_id = pad_id
         self.settings = settings or {}
         tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
+        tokenizer.enable_truncation(max_length=max_length, strategy=truncation)
         pad_token = tokenizer.id_to_token(pad_id) or "[PAD]"
         tokenizer.enable_padding(direction="left" if pad_left else "right", pad_id=pad_id, pad_token=pad_token)
 
     @classmethod
     def from_folder(cls, folder: Path, config: dict[str, Any], *, max_length: int | None = None,
-                    lowercase: bool = False) -> TextTokenizer:  # fmt: skip
+                    lowercase: bool = False, truncation: str = "longest_first") -> TextTokenizer:  # fmt: skip
         """Load `tokenizer.json` with its `tokenizer_config.json` (pad token, window, padding side)."""
         from tokenizers import Tokenizer
 
@@ -77,7 +78,7 @@ class TextTokenizer:
             window = 512
         for name, token in specials.items():  # special_tokens_map.json fills what tokenizer_config lacks
             settings.setdefault(name, token)
-        return cls(tokenizer, pad_id=pad_id, max_length=window, lowercase=lowercase,
+        return cls(tokenizer, pad_id=pad_id, max_length=window, lowercase=lowercase, truncation=truncation,
                    pad_left=settings.get("padding_side") == "left", settings=settings)  # fmt: skip
 
     def special_token(self, name: str) -> tuple[str, int] | None:
@@ -98,12 +99,17 @@ class TextTokenizer:
         """`input_ids`, `attention_mask` and `token_type_ids`, padded to the longest in the batch."""
         if self.lowercase:
             texts = [t.lower() if isinstance(t, str) else (t[0].lower(), t[1].lower()) for t in texts]
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        return {
+        return self.arrays(self.tokenizer.encode_batch(list(texts), add_special_tokens=True))
+
+    def arrays(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Model inputs from encodings of equal length. `token_type_ids` only where the tokenizer makes them."""
+        feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
+        if "token_type_ids" in self.settings.get("model_input_names", ["token_type_ids"]):
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        return feeds
 
 
 def run_batched(items: Sequence[T], run: Callable[[list[T]], list[Any]], *, batch_size: int,

@@ -9,9 +9,17 @@ from .feature_extraction import FeatureExtraction
 from .fill_mask import FillMask
 from .sentence_similarity import SentenceSimilarity
 from .text_classification import TextClassification
+from .zero_shot_classification import ZeroShotClassification
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (FeatureExtraction(), FillMask(), SentenceSimilarity(), TextClassification())
+    task.name: task
+    for task in (
+        FeatureExtraction(),
+        FillMask(),
+        SentenceSimilarity(),
+        TextClassification(),
+        ZeroShotClassification(),
+    )
 }
 
 

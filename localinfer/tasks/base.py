@@ -54,10 +54,11 @@ class Task(ABC):
         """The contract's JSON answer for validated inputs and parameters."""
 
 
-def text_tokenizer(model: LoadedModel, *, max_length: int | None = None, lowercase: bool = False) -> TextTokenizer:
-    """The model's tokenizer, loaded once per model and settings."""
-    key = ("tokenizer", max_length, lowercase)
+def text_tokenizer(model: LoadedModel, *, max_length: int | None = None, lowercase: bool = False,
+                   truncation: str = "longest_first") -> TextTokenizer:  # fmt: skip
+    """The model's tokenizer, loaded once per model and settings (a tokenizer's settings are its state)."""
+    key = ("tokenizer", max_length, lowercase, truncation)
     if key not in model.state:
         model.state[key] = TextTokenizer.from_folder(model.files, model.config, max_length=max_length,
-                                                     lowercase=lowercase)  # fmt: skip
+                                                     lowercase=lowercase, truncation=truncation)  # fmt: skip
     return model.state[key]
