@@ -55,10 +55,12 @@ def main() -> None:
     for size, repeat in ((32, 7), (1, 3)):
         # Alternate the two so that the machine's drift (it is shared and noisy) hits both alike.
         pairs = [
-            (timed(lambda size=size: localinfer_batched(size), repeat=1, warmup=int(r == 0))[0],
-             timed(lambda size=size: st.encode(sentences, batch_size=size), repeat=1, warmup=int(r == 0))[0])
+            (
+                timed(lambda size=size: localinfer_batched(size), repeat=1, warmup=int(r == 0))[0],
+                timed(lambda size=size: st.encode(sentences, batch_size=size), repeat=1, warmup=int(r == 0))[0],
+            )
             for r in range(repeat)
-        ]  # fmt: skip
+        ]
         ours, theirs = median([p[0] for p in pairs]), median([p[1] for p in pairs])
         results[f"batch{size}"] = {
             "localinfer_sentences_per_s": round(len(sentences) / ours, 1),
@@ -68,18 +70,22 @@ def main() -> None:
 
     # Overhead at batch 1: the whole query (parse, validate, key, tokenize, run, postprocess) minus the bare run.
     model = engine.preload(MINILM, task="feature-extraction")
-    feeds = model.state[("tokenizer", 256, False, "longest_first")].encode([sentences[0]])
+    feeds = model.state[("tokenizer", 256, False, "longest_first", 0)].encode([sentences[0]])
     session = model.runner.session
     names = [i.name for i in session.get_inputs()]
     bare = median(timed(lambda: session.run(None, {n: feeds[n] for n in names}), repeat=500, warmup=20))
     payload = {"inputs": sentences[0], "options": {"use_cache": False}}
     full = median(timed(lambda: engine.query(MINILM, payload, task="feature-extraction"), repeat=500, warmup=20))
-    results["batch1_overhead_ms"] = {"query_ms": round(full * 1e3, 3), "bare_onnxruntime_ms": round(bare * 1e3, 3),
-                                     "overhead_ms": round((full - bare) * 1e3, 3)}  # fmt: skip
+    results["batch1_overhead_ms"] = {
+        "query_ms": round(full * 1e3, 3),
+        "bare_onnxruntime_ms": round(bare * 1e3, 3),
+        "overhead_ms": round((full - bare) * 1e3, 3),
+    }
 
     # Cache: the same request answered from the result cache against computed anew.
-    miss = median(timed(lambda: engine.query(MINILM, {"inputs": EXAMPLE, "options": {"use_cache": False}}),
-                        repeat=200, warmup=5))  # fmt: skip
+    miss = median(
+        timed(lambda: engine.query(MINILM, {"inputs": EXAMPLE, "options": {"use_cache": False}}), repeat=200, warmup=5)
+    )
     hit = median(timed(lambda: engine.query(MINILM, {"inputs": EXAMPLE}), repeat=2000, warmup=5))
     results["cache"] = {"miss_ms": round(miss * 1e3, 3), "hit_ms": round(hit * 1e3, 4), "ratio": round(miss / hit, 1)}
 

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--task", help="override the model's task")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="localinfer: %(message)s",
-                        stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="localinfer: %(message)s", stream=sys.stderr
+    )
     for noisy in ("transformers", "optimum", "torch", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:

@@ -62,9 +62,16 @@ class LocalInference:
     query waits for the load. `allow_paths=False` refuses local folders given as model ids.
     """
 
-    def __init__(self, models_file: Path | str | None = None, home: Path | str | None = None, *,
-                 cache_size_limit: int = 1 << 30, emulate_loading: bool = False, threads: int | None = None,
-                 allow_paths: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        models_file: Path | str | None = None,
+        home: Path | str | None = None,
+        *,
+        cache_size_limit: int = 1 << 30,
+        emulate_loading: bool = False,
+        threads: int | None = None,
+        allow_paths: bool = True,
+    ) -> None:
         self.models_file = Path(models_file) if models_file else default_models_file()
         self.home = Path(home) if home else default_home()
         self.registry = Registry(self.models_file, allow_paths=allow_paths)
@@ -90,9 +97,13 @@ class LocalInference:
         request = parse_payload(payload, media=handler.media)
         inputs, parameters = handler.validate(request.inputs, request.parameters)
         key = cache_key(
-            model=spec.model_id, weights=self.fingerprint(spec), task=handler.name, backend=spec.backend,
-            inputs=request.inputs, parameters=parameters.model_dump(mode="json", exclude_unset=True),
-        )  # fmt: skip
+            model=spec.model_id,
+            weights=self.fingerprint(spec),
+            task=handler.name,
+            backend=spec.backend,
+            inputs=request.inputs,
+            parameters=parameters.model_dump(mode="json", exclude_unset=True),
+        )
         if request.options.use_cache:
             hit = self.cache.get(key)
             if hit is not None:

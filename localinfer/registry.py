@@ -127,12 +127,25 @@ def _hf_cache_snapshot(model_id: str) -> Path | None:
 
 # The tasks of the contract. A task's handler may not exist yet; `tasks.get_task` says so.
 KNOWN_TASKS = (
-    "audio-classification", "automatic-speech-recognition", "conversational", "feature-extraction",
-    "fill-mask", "image-classification", "image-segmentation", "object-detection", "question-answering",
-    "sentence-similarity", "summarization", "table-question-answering", "text-classification",
-    "text-generation", "text2text-generation", "token-classification", "translation",
+    "audio-classification",
+    "automatic-speech-recognition",
+    "conversational",
+    "feature-extraction",
+    "fill-mask",
+    "image-classification",
+    "image-segmentation",
+    "object-detection",
+    "question-answering",
+    "sentence-similarity",
+    "summarization",
+    "table-question-answering",
+    "text-classification",
+    "text-generation",
+    "text2text-generation",
+    "token-classification",
+    "translation",
     "zero-shot-classification",
-)  # fmt: skip
+)
 
 
 def check_task_name(task: str, where: str = "task") -> None:

@@ -19,8 +19,18 @@ T = TypeVar("T")
 # transformers stores "no limit" as int(1e30); positions of these models start after the pad id.
 _NO_LIMIT = 10**12
 # transformers' PreTrainedTokenizerBase.clean_up_tokenization, in its order.
-_CLEAN_UP = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]  # fmt: skip
+_CLEAN_UP = [
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+]
 _POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "ibert", "xlm-roberta-xl"}
 
 
@@ -38,22 +48,39 @@ def _token_content(token: Any) -> str | None:
 class TextTokenizer:
     """Encodes texts (or text pairs) into padded int64 arrays, truncated to the model's window."""
 
-    def __init__(self, tokenizer: Any, *, pad_id: int, max_length: int, lowercase: bool = False,
-                 pad_left: bool = False, settings: dict[str, Any] | None = None,
-                 truncation: str = "longest_first") -> None:  # fmt: skip
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        pad_id: int,
+        max_length: int,
+        lowercase: bool = False,
+        pad_left: bool = False,
+        settings: dict[str, Any] | None = None,
+        truncation: str = "longest_first",
+        stride: int = 0,
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.lowercase = lowercase
         self.pad_id = pad_id
         self.settings = settings or {}
         tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=max_length, strategy=truncation)
+        tokenizer.enable_truncation(max_length=max_length, strategy=truncation, stride=stride)
         pad_token = tokenizer.id_to_token(pad_id) or "[PAD]"
         tokenizer.enable_padding(direction="left" if pad_left else "right", pad_id=pad_id, pad_token=pad_token)
 
     @classmethod
-    def from_folder(cls, folder: Path, config: dict[str, Any], *, max_length: int | None = None,
-                    lowercase: bool = False, truncation: str = "longest_first") -> TextTokenizer:  # fmt: skip
+    def from_folder(
+        cls,
+        folder: Path,
+        config: dict[str, Any],
+        *,
+        max_length: int | None = None,
+        lowercase: bool = False,
+        truncation: str = "longest_first",
+        stride: int = 0,
+    ) -> TextTokenizer:
         """Load `tokenizer.json` with its `tokenizer_config.json` (pad token, window, padding side)."""
         from tokenizers import Tokenizer
 
@@ -78,8 +105,16 @@ class TextTokenizer:
             window = 512
         for name, token in specials.items():  # special_tokens_map.json fills what tokenizer_config lacks
             settings.setdefault(name, token)
-        return cls(tokenizer, pad_id=pad_id, max_length=window, lowercase=lowercase, truncation=truncation,
-                   pad_left=settings.get("padding_side") == "left", settings=settings)  # fmt: skip
+        return cls(
+            tokenizer,
+            pad_id=pad_id,
+            max_length=window,
+            lowercase=lowercase,
+            truncation=truncation,
+            stride=stride,
+            pad_left=settings.get("padding_side") == "left",
+            settings=settings,
+        )
 
     def special_token(self, name: str) -> tuple[str, int] | None:
         """A special token (`mask_token`, `sep_token`, ...) and its id, if the tokenizer has it."""
@@ -101,8 +136,23 @@ class TextTokenizer:
             texts = [t.lower() if isinstance(t, str) else (t[0].lower(), t[1].lower()) for t in texts]
         return self.arrays(self.tokenizer.encode_batch(list(texts), add_special_tokens=True))
 
+    def encode_with_overflow(self, text: str | tuple[str, str]) -> list[Any]:
+        """The encoding of one text, then the windows truncation cut off (overlapping by the stride)."""
+        encoding = self.tokenizer.encode(*([text] if isinstance(text, str) else text), add_special_tokens=True)
+        return [encoding, *encoding.overflowing]
+
     def arrays(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
-        """Model inputs from encodings of equal length. `token_type_ids` only where the tokenizer makes them."""
+        """Model inputs from encodings, padded to the longest. `token_type_ids` where the tokenizer makes them."""
+        longest = max(len(e.ids) for e in encodings)
+        direction = self.tokenizer.padding["direction"] if self.tokenizer.padding else "right"
+        for encoding in encodings:
+            if len(encoding.ids) < longest:
+                encoding.pad(
+                    longest,
+                    direction=direction,
+                    pad_id=self.pad_id,
+                    pad_token=self.tokenizer.id_to_token(self.pad_id) or "[PAD]",
+                )
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
@@ -112,8 +162,9 @@ class TextTokenizer:
         return feeds
 
 
-def run_batched(items: Sequence[T], run: Callable[[list[T]], list[Any]], *, batch_size: int,
-                length: Callable[[T], int]) -> list[Any]:  # fmt: skip
+def run_batched(
+    items: Sequence[T], run: Callable[[list[T]], list[Any]], *, batch_size: int, length: Callable[[T], int]
+) -> list[Any]:
     """`run` over batches of items of similar length (less padding); results in the items' order."""
     order = sorted(range(len(items)), key=lambda i: -length(items[i]))
     results: list[Any] = [None] * len(items)

@@ -16,8 +16,13 @@ import pytest  # noqa: E402
 from localinfer import LocalInference  # noqa: E402
 from tests.fixtures.tiny_models import build_all, write_models_toml  # noqa: E402
 
-SENTENCES = ["That is a happy person", "Today is a sunny day", "My name is Sarah and I live in London",
-             "unknown words: zebra quokka", ""]  # fmt: skip
+SENTENCES = [
+    "That is a happy person",
+    "Today is a sunny day",
+    "My name is Sarah and I live in London",
+    "unknown words: zebra quokka",
+    "",
+]
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +49,10 @@ def torch_engine(tiny, home, tmp_path_factory) -> LocalInference:
 
 
 def assert_close(actual, expected, tol: float = 1e-4, path: str = "$") -> None:
-    """Recursive equality: strings, ints and keys equal, floats within `tol`."""
+    """Recursive equality: strings, ints and keys equal, floats within `tol` (the oracle may give numpy floats)."""
+    if hasattr(expected, "item") and not isinstance(expected, (list, dict)):
+        expected = expected.item()
+    assert not hasattr(actual, "dtype"), f"{path}: {actual!r} is a numpy value, not JSON"
     if isinstance(expected, float) or isinstance(actual, float):
         assert isinstance(actual, (int, float)) and isinstance(expected, (int, float)), f"{path}: {actual!r}"
         assert math.isclose(actual, expected, abs_tol=tol), f"{path}: {actual} != {expected}"

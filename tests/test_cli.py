@@ -27,8 +27,9 @@ def cli_env(tiny, home, tmp_path_factory):
 
 
 def run(env, *args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "localinfer", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "localinfer", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_main_job_prints_the_published_numbers(home, tmp_path):

@@ -50,8 +50,9 @@ def onnx_location(spec: ModelSpec, kind: ExportKind, home: Path, fingerprint: st
     return export_dir(home, spec.model_id, fingerprint, kind) / "model.onnx"
 
 
-def load_model(spec: ModelSpec, kind: ExportKind, *, home: Path, fingerprint: str,
-               threads: int | None = None) -> LoadedModel:  # fmt: skip
+def load_model(
+    spec: ModelSpec, kind: ExportKind, *, home: Path, fingerprint: str, threads: int | None = None
+) -> LoadedModel:
     """Load `spec` on its backend, exporting it to ONNX first when no export exists."""
     started = time.perf_counter()
     config = read_json(spec.path / "config.json")

@@ -55,8 +55,14 @@ def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:
     log.info("exporting %s to ONNX (%s), first use only ...", folder, kind.task)
     started = time.perf_counter()
     try:
-        main_export(str(folder), str(staging), task=kind.task, library_name=kind.library,
-                    local_files_only=True, do_validation=False)  # fmt: skip
+        main_export(
+            str(folder),
+            str(staging),
+            task=kind.task,
+            library_name=kind.library,
+            local_files_only=True,
+            do_validation=False,
+        )
         try:
             staging.rename(destination)
         except OSError:  # another process finished first: its export is as good as ours

@@ -9,6 +9,7 @@ from .feature_extraction import FeatureExtraction
 from .fill_mask import FillMask
 from .sentence_similarity import SentenceSimilarity
 from .text_classification import TextClassification
+from .token_classification import TokenClassification
 from .zero_shot_classification import ZeroShotClassification
 
 TASKS: dict[str, Task] = {
@@ -18,6 +19,7 @@ TASKS: dict[str, Task] = {
         FillMask(),
         SentenceSimilarity(),
         TextClassification(),
+        TokenClassification(),
         ZeroShotClassification(),
     )
 }

@@ -54,11 +54,18 @@ class Task(ABC):
         """The contract's JSON answer for validated inputs and parameters."""
 
 
-def text_tokenizer(model: LoadedModel, *, max_length: int | None = None, lowercase: bool = False,
-                   truncation: str = "longest_first") -> TextTokenizer:  # fmt: skip
+def text_tokenizer(
+    model: LoadedModel,
+    *,
+    max_length: int | None = None,
+    lowercase: bool = False,
+    truncation: str = "longest_first",
+    stride: int = 0,
+) -> TextTokenizer:
     """The model's tokenizer, loaded once per model and settings (a tokenizer's settings are its state)."""
-    key = ("tokenizer", max_length, lowercase, truncation)
+    key = ("tokenizer", max_length, lowercase, truncation, stride)
     if key not in model.state:
-        model.state[key] = TextTokenizer.from_folder(model.files, model.config, max_length=max_length,
-                                                     lowercase=lowercase, truncation=truncation)  # fmt: skip
+        model.state[key] = TextTokenizer.from_folder(
+            model.files, model.config, max_length=max_length, lowercase=lowercase, truncation=truncation, stride=stride
+        )
     return model.state[key]

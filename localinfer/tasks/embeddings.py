@@ -61,8 +61,13 @@ def _pooling_mode(settings: dict) -> str:
         return str(settings["pooling_mode"])
     for mode in ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "lasttoken", "mean_tokens"):
         if settings.get(f"pooling_mode_{mode}"):
-            return {"cls_token": "cls", "max_tokens": "max", "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                    "lasttoken": "lasttoken", "mean_tokens": "mean"}[mode]  # fmt: skip
+            return {
+                "cls_token": "cls",
+                "max_tokens": "max",
+                "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                "lasttoken": "lasttoken",
+                "mean_tokens": "mean",
+            }[mode]
     return "mean"
 
 

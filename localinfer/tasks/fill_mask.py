@@ -58,8 +58,9 @@ class FillMask(Task):
         return answers[0] if isinstance(inputs, str) else answers
 
 
-def _fill(tokenizer: TextTokenizer, ids: np.ndarray, logits: np.ndarray, mask_id: int, top_k: int,
-          targets: np.ndarray | None) -> list:  # fmt: skip
+def _fill(
+    tokenizer: TextTokenizer, ids: np.ndarray, logits: np.ndarray, mask_id: int, top_k: int, targets: np.ndarray | None
+) -> list:
     positions = np.flatnonzero(ids == mask_id)
     if len(positions) == 0:
         raise BadRequestError("inputs: the mask token was cut off: it lies beyond the model's window")
@@ -77,10 +78,14 @@ def _fill(tokenizer: TextTokenizer, ids: np.ndarray, logits: np.ndarray, mask_id
             filled = ids.copy()
             filled[position] = token
             filled = filled[filled != tokenizer.pad_id]
-            entries.append({
-                "score": float(row[index]), "token": token, "token_str": tokenizer.decode([token]),
-                "sequence": tokenizer.decode(filled, skip_special_tokens=single),
-            })  # fmt: skip
+            entries.append(
+                {
+                    "score": float(row[index]),
+                    "token": token,
+                    "token_str": tokenizer.decode([token]),
+                    "sequence": tokenizer.decode(filled, skip_special_tokens=single),
+                }
+            )
         rows.append(entries)
     return rows[0] if single else rows
 

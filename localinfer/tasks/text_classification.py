@@ -74,7 +74,8 @@ class TextClassification(Task):
             scores = {"sigmoid": sigmoid, "softmax": softmax, "none": lambda x: x}[function](logits)
             ranked = sorted(
                 ({"label": id2label.get(i, f"LABEL_{i}"), "score": float(s)} for i, s in enumerate(scores)),
-                key=lambda entry: entry["score"], reverse=True,
-            )  # fmt: skip
+                key=lambda entry: entry["score"],
+                reverse=True,
+            )
             results.append(ranked[: parameters.top_k] if parameters.top_k else ranked)
         return results

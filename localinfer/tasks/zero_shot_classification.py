@@ -80,6 +80,11 @@ class ZeroShotClassification(Task):
                 entailment = np.exp(rows[:, entail])
                 scores = entailment / entailment.sum(-1, keepdims=True)
             order = list(reversed(scores.argsort()))  # the pipeline's order, ties included
-            answers.append({"sequence": sequence, "labels": [labels[i] for i in order],
-                            "scores": [float(scores[i]) for i in order]})  # fmt: skip
+            answers.append(
+                {
+                    "sequence": sequence,
+                    "labels": [labels[i] for i in order],
+                    "scores": [float(scores[i]) for i in order],
+                }
+            )
         return answers[0] if isinstance(inputs, str) else answers

@@ -35,8 +35,11 @@ def test_plain_model_answers_what_the_transformers_pipeline_answers(engine, tiny
 def test_torch_backend_answers_the_same(engine, torch_engine):
     payload = {"inputs": SENTENCES}
     for model in ("tiny/st-mean-normalize", "tiny/bert-base"):
-        assert_close(torch_engine.query(model, payload, task="feature-extraction"),
-                     engine.query(model, payload, task="feature-extraction"), 1e-5)  # fmt: skip
+        assert_close(
+            torch_engine.query(model, payload, task="feature-extraction"),
+            engine.query(model, payload, task="feature-extraction"),
+            1e-5,
+        )
 
 
 @pytest.mark.parametrize(

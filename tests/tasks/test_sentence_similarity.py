@@ -42,8 +42,9 @@ def test_plain_model_is_mean_pooled_as_sentence_transformers_does(engine, tiny):
 
     model = SentenceTransformer(str(tiny["bert-base"]), device="cpu")
     expected = util.cos_sim(model.encode(SENTENCES[0]), model.encode(SENTENCES[1:])).tolist()[0]
-    answer = engine.query("tiny/bert-base", {"source_sentence": SENTENCES[0], "sentences": SENTENCES[1:]},
-                          task="sentence-similarity")  # fmt: skip
+    answer = engine.query(
+        "tiny/bert-base", {"source_sentence": SENTENCES[0], "sentences": SENTENCES[1:]}, task="sentence-similarity"
+    )
     assert_close(answer, expected, 1e-5)
 
 

@@ -53,8 +53,11 @@ def test_torch_backend_answers_the_same(engine, torch_engine):
 
 def test_model_without_entailment_label_is_400(engine):
     with pytest.raises(BadRequestError, match="entailment label"):
-        engine.query("tiny/distilbert-sentiment", {"inputs": "x", "parameters": {"candidate_labels": ["a"]}},
-                     task="zero-shot-classification")  # fmt: skip
+        engine.query(
+            "tiny/distilbert-sentiment",
+            {"inputs": "x", "parameters": {"candidate_labels": ["a"]}},
+            task="zero-shot-classification",
+        )
 
 
 @pytest.mark.parametrize(

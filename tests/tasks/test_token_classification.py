@@ -1,0 +1,98 @@
+"""token-classification: parity with the transformers pipeline for every aggregation strategy, on three
+tokenizer families (WordPiece "##", byte-level BPE "Ġ", Metaspace "▁") and labels without B-/I- prefixes."""
+
+from __future__ import annotations
+
+import pytest
+
+from localinfer import BadRequestError
+from tests.conftest import assert_close
+
+MODELS = ["bert-ner", "roberta-ner", "metaspace-ner"]
+STRATEGIES = ["none", "simple", "first", "average", "max"]
+TEXTS = [
+    "My name is Sarah and I live in London",
+    "Hugging Face is based in New York City, near the café!",
+    "unbelievable zebras: 324 metres tall",
+    "",
+]
+LONG = " ".join(["Sarah and Hugging Face live in New York City and Paris, the capital of France."] * 12)
+
+
+@pytest.fixture(scope="module")
+def oracles(tiny):
+    from transformers import pipeline
+
+    return {name: pipeline("token-classification", model=str(tiny[name])) for name in MODELS}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_parity_with_the_pipeline(engine, oracles, name, strategy):
+    parameters = {"aggregation_strategy": strategy}
+    expected = [oracles[name](text, **parameters) for text in TEXTS]
+    assert sum(len(e) for e in expected) > 0  # the tiny model does find entities
+    assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS, "parameters": parameters}), expected)
+    assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS[1], "parameters": parameters}), expected[1])
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
+def test_long_text_with_stride(engine, oracles, name, strategy):
+    parameters = {"aggregation_strategy": strategy, "stride": 16}
+    expected = oracles[name](LONG, **parameters)
+    assert_close(engine.query(f"tiny/{name}", {"inputs": LONG, "parameters": parameters}), expected)
+
+
+def test_long_text_without_stride_is_truncated_as_the_pipeline_does(engine, oracles):
+    expected = oracles["bert-ner"](LONG, aggregation_strategy="simple")
+    assert_close(engine.query("tiny/bert-ner", LONG), expected)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_ignore_labels(engine, oracles, name):
+    parameters = {"aggregation_strategy": "none", "ignore_labels": []}
+    expected = oracles[name](TEXTS[0], **parameters)
+    assert len(expected) == len(
+        engine.query(
+            f"tiny/{name}",
+            {"inputs": TEXTS[0], "parameters": {"aggregation_strategy": "none", "ignore_labels": ["nothing"]}},
+        )
+    )
+    assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS[0], "parameters": parameters}), expected)
+    parameters = {"aggregation_strategy": "simple", "ignore_labels": ["O", "PER", "LOC"]}
+    assert_close(
+        engine.query(f"tiny/{name}", {"inputs": TEXTS[0], "parameters": parameters}),
+        oracles[name](TEXTS[0], **parameters),
+    )
+
+
+def test_default_strategy_is_simple(engine, oracles):
+    answer = engine.query("tiny/bert-ner", TEXTS[0])
+    assert_close(answer, oracles["bert-ner"](TEXTS[0], aggregation_strategy="simple"))
+    assert all(set(e) == {"entity_group", "score", "word", "start", "end"} for e in answer)
+
+
+def test_torch_backend_answers_the_same(engine, torch_engine):
+    for name in MODELS:
+        payload = {"inputs": TEXTS, "parameters": {"aggregation_strategy": "average"}}
+        assert_close(torch_engine.query(f"tiny/{name}", payload), engine.query(f"tiny/{name}", payload))
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"aggregation_strategy": "longest"}, "parameters.aggregation_strategy"),
+        ({"aggregation_strategy": 1}, "parameters.aggregation_strategy"),
+        ({"ignore_labels": "O"}, "parameters.ignore_labels"),
+        ({"stride": -1}, "parameters.stride"),
+        ({"stride": 2.5}, "parameters.stride"),
+        ({"stride": 126}, "parameters.stride: must be less than 126"),
+        ({"stride": 8, "aggregation_strategy": "none"}, "parameters.stride: needs an aggregation_strategy"),
+        ({"grouped_entities": True}, "parameters.grouped_entities: unknown parameter"),
+    ],
+)
+def test_bad_parameters_are_400_naming_them(engine, parameters, message):
+    with pytest.raises(BadRequestError) as info:
+        engine.query("tiny/bert-ner", {"inputs": "x", "parameters": parameters})
+    assert message in info.value.body["error"]
