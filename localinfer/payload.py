@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,15 +101,45 @@ def _decode_base64(text: str) -> bytes:
         raise BadRequestError("inputs: expected the file's bytes or a base64 string") from None
 
 
+# pydantic names the member of a union an error comes from in its location ("str", "list[str]", "TextPair").
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|[A-Z]\w*|.*\[.*\])$")
+
+
 def format_validation_error(exc: ValidationError, prefix: str) -> str:
-    """One line per problem, each naming its field, e.g. `parameters.top_k: ... (got 0)`."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in (prefix, *err["loc"]) if part != "")
+    """One line per problem, each naming its field, e.g. `parameters.top_k: ... (got 0)`.
+
+    For a union (`str | list[str]`), only the member the value was meant for is reported: errors
+    inside a member win over "not this type" errors; when every member refuses the value's type,
+    one line lists the types expected.
+    """
+    errors = exc.errors(include_url=False)
+    inside = [e for e in errors if not (e["loc"] and _is_member(e["loc"][-1]))]
+    lines: dict[str, None] = {}
+    for err in inside:
+        where = _where(prefix, err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown parameter")
+            lines[f"{where}: unknown parameter"] = None
             continue
-        got = err.get("input")
-        shown = json.dumps(got, default=repr)[:80] if got is not None or err["type"] != "missing" else ""
-        lines.append(f"{where}: {err['msg']}" + (f" (got {shown})" if shown else ""))
+        lines[f"{where}: {err['msg']}{_shown(err)}"] = None
+    if not inside:
+        expected: dict[str, list[str]] = {}
+        for err in errors:
+            expected.setdefault(_where(prefix, err["loc"][:-1]), []).append(str(err["loc"][-1]))
+        for where, members in expected.items():
+            err = next(e for e in errors if _where(prefix, e["loc"][:-1]) == where)
+            lines[f"{where}: expected {' or '.join(dict.fromkeys(members))}{_shown(err)}"] = None
     return "; ".join(lines)
+
+
+def _is_member(part: object) -> bool:
+    return isinstance(part, str) and bool(_UNION_MEMBER.match(part))
+
+
+def _where(prefix: str, loc: tuple) -> str:
+    return ".".join(str(part) for part in (prefix, *loc) if part != "" and not _is_member(part))
+
+
+def _shown(err: dict) -> str:
+    if err["type"] == "missing":
+        return ""
+    return f" (got {json.dumps(err.get('input'), default=repr)[:80]})"

@@ -7,6 +7,7 @@ from ..registry import check_task_name
 from .base import Task
 from .feature_extraction import FeatureExtraction
 from .fill_mask import FillMask
+from .question_answering import QuestionAnswering
 from .sentence_similarity import SentenceSimilarity
 from .text_classification import TextClassification
 from .token_classification import TokenClassification
@@ -17,6 +18,7 @@ TASKS: dict[str, Task] = {
     for task in (
         FeatureExtraction(),
         FillMask(),
+        QuestionAnswering(),
         SentenceSimilarity(),
         TextClassification(),
         TokenClassification(),
