@@ -64,7 +64,7 @@ def _list_models(engine: LocalInference) -> None:
     for model_id in engine.registry.ids():
         try:
             spec, handler = engine.resolve(model_id)
-            exported = "yes" if spec.backend == "onnx" and engine.onnx_file(spec, handler).is_file() else "no"
+            exported = "yes" if spec.backend == "onnx" and engine.onnx_dir(spec, handler).is_dir() else "no"
             task, backend = handler.name, spec.backend
         except InferenceError as exc:
             task, backend, exported = "?", "?", f"error: {exc.message}"

@@ -124,10 +124,10 @@ class LocalInference:
         return self._loaded(*self._resolve(model_id, task), wait=True)
 
     def export(self, model_id: str, *, task: str | None = None) -> Path:
-        """Export a model to ONNX ahead of time; returns the ONNX file."""
+        """Export a model to ONNX ahead of time; returns the folder of its ONNX files."""
         spec, handler, kind = self._resolve(model_id, task)
         self._loaded(spec, handler, kind, wait=True)
-        return self.onnx_file(spec, handler)
+        return self.onnx_dir(spec, handler)
 
     def resolve(self, model_id: str, task: str | None = None) -> tuple[ModelSpec, Task]:
         """The model's spec and the handler of its task (`task` overrides models.toml and inference)."""
@@ -145,7 +145,8 @@ class LocalInference:
             found = self._resolved[(model_id, task)] = (spec, handler, handler.export_kind(spec.path))
         return found
 
-    def onnx_file(self, spec: ModelSpec, handler: Task) -> Path:
+    def onnx_dir(self, spec: ModelSpec, handler: Task) -> Path:
+        """The folder of ONNX files serving this model for this task (it may not be exported yet)."""
         kind = handler.export_kind(spec.path)
         return onnx_location(spec, kind, self.home, self.fingerprint(spec))
 
@@ -205,7 +206,7 @@ class LocalInference:
         except (OSError, ValueError):
             known = {}
         recorded = known.get(f"{self.fingerprint(spec)}:{spec.backend}")
-        exported = spec.backend == "torch" or self.onnx_file(spec, handler).is_file()
+        exported = spec.backend == "torch" or self.onnx_dir(spec, handler).is_dir()
         if isinstance(recorded, (int, float)) and exported:
             return float(recorded)
         size = sum(p.stat().st_size for p in spec.path.rglob("*") if p.is_file())

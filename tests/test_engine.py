@@ -141,7 +141,7 @@ def test_two_processes_exporting_at_once(tiny, tmp_path):
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     paths = {out.decode().strip() for out, _ in outputs}
-    assert len(paths) == 1 and Path(paths.pop()).is_file()
+    assert len(paths) == 1 and (Path(paths.pop()) / "model.onnx").is_file()
     assert [p.name for p in (tmp_path / "home" / "exports").iterdir()] == [
         next((tmp_path / "home" / "exports").iterdir()).name
     ]  # one export, no partial folder left

@@ -17,6 +17,8 @@ from .fingerprint import folder_fingerprint
 
 
 class Runner(Protocol):
+    """One forward pass: named numpy inputs in, named numpy outputs out (ONNX Runtime or PyTorch)."""
+
     backend: str
     compute_type: str
     input_names: list[str]
@@ -25,13 +27,21 @@ class Runner(Protocol):
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]: ...
 
 
+class Generator(Protocol):
+    """A generative model: `model` has transformers' `generate` (optimum's ORT model, or the PyTorch one)."""
+
+    backend: str
+    compute_type: str
+    model: Any
+
+
 @dataclass
 class LoadedModel:
     """What a task needs to run: the runner, the source folder and its config, and where files live."""
 
     spec: ModelSpec
     kind: ExportKind
-    runner: Runner
+    runner: Any  # a Runner, or a Generator when kind.generates
     config: dict[str, Any]
     files: Path  # the folder with the tokenizer/processor files the runner goes with
     load_seconds: float = 0.0
@@ -43,11 +53,11 @@ class LoadedModel:
 
 
 def onnx_location(spec: ModelSpec, kind: ExportKind, home: Path, fingerprint: str) -> Path:
-    """The ONNX file that serves `spec`: one shipped in its folder, else its export under `home`."""
+    """The folder of ONNX files that serves `spec`: one shipped with it, else its export under `home`."""
     shipped = existing_onnx(spec.path)
     if shipped is not None:
         return shipped
-    return export_dir(home, spec.model_id, fingerprint, kind) / "model.onnx"
+    return export_dir(home, spec.model_id, fingerprint, kind)
 
 
 def load_model(
@@ -57,19 +67,23 @@ def load_model(
     started = time.perf_counter()
     config = read_json(spec.path / "config.json")
     if spec.backend == "torch":
-        from .torch import TorchRunner
+        from .torch import TorchGenerator, TorchRunner
 
-        runner: Runner = TorchRunner(spec.path, kind)
+        runner: Runner = TorchGenerator(spec.path, kind) if kind.generates else TorchRunner(spec.path, kind)
         files = spec.path
     else:
-        from .onnx import OnnxRunner
+        from .onnx import OnnxGenerator, OnnxRunner
 
-        model_file = onnx_location(spec, kind, home, fingerprint)
-        if not model_file.is_file():
-            export_onnx(spec.path, kind, model_file.parent)
-        runner = OnnxRunner(model_file, threads=threads)
-        files = model_file.parent if (model_file.parent / "tokenizer.json").is_file() else spec.path
+        folder = onnx_location(spec, kind, home, fingerprint)
+        if not folder.is_dir():
+            export_onnx(spec.path, kind, folder)
+        runner = (
+            OnnxGenerator(folder, kind, threads=threads)
+            if kind.generates
+            else OnnxRunner(folder / "model.onnx", threads=threads)
+        )
+        files = folder if (folder / "tokenizer.json").is_file() else spec.path
     return LoadedModel(spec, kind, runner, config, files, time.perf_counter() - started)
 
 
-__all__ = ["ExportKind", "LoadedModel", "Runner", "folder_fingerprint", "load_model", "onnx_location"]
+__all__ = ["ExportKind", "Generator", "LoadedModel", "Runner", "folder_fingerprint", "load_model", "onnx_location"]

@@ -1,4 +1,4 @@
-"""Export to ONNX with optimum, once per weights and graph-shaping versions, atomically."""
+"""Export to ONNX once per weights and graph-shaping versions, atomically."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,23 +20,36 @@ log = logging.getLogger("localinfer")
 
 @dataclass(frozen=True)
 class ExportKind:
-    """How optimum must export a model for a task: its task name and library."""
+    """How a model is exported for a task: optimum's task name and library, or a custom exporter.
+
+    `exporter` names an entry of CUSTOM_EXPORTERS for architectures optimum cannot export.
+    """
 
     task: str
     library: str = "transformers"
+    exporter: str = "optimum"
+
+    @property
+    def generates(self) -> bool:
+        """Exported with past key/values for generation (several ONNX files, run through `generate`)."""
+        return self.task.endswith("-with-past")
+
+
+# name -> function(model folder, output folder): exporters for models optimum has no exporter for.
+CUSTOM_EXPORTERS: dict[str, Callable[[Path, Path], None]] = {}
 
 
 def existing_onnx(folder: Path) -> Path | None:
-    """An ONNX model already in the folder (`model.onnx`, or `onnx/model.onnx` as sentence-transformers saves)."""
-    for candidate in (folder / "model.onnx", folder / "onnx" / "model.onnx"):
-        if candidate.is_file():
+    """A folder of ONNX files shipped with the model: itself, or `onnx/` as sentence-transformers saves it."""
+    for candidate in (folder, folder / "onnx"):
+        if candidate.is_dir() and any(candidate.glob("*.onnx")):
             return candidate
     return None
 
 
 def export_dir(home: Path, model_id: str, fingerprint: str, kind: ExportKind) -> Path:
     """Where the export of these weights, for this kind, by these library versions, lives."""
-    key = json.dumps([fingerprint, kind.task, kind.library, graph_versions()], sort_keys=True)
+    key = json.dumps([fingerprint, kind.task, kind.library, kind.exporter, graph_versions()], sort_keys=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "--", model_id).strip("-.")[-60:] or "model"
     return home / "exports" / f"{slug}--{kind.task}--{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
@@ -44,29 +58,33 @@ def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:
     """Export `folder` into `destination` unless it exists; returns `destination`.
 
     The export is written to a temporary folder beside it and renamed into place when complete,
-    so a crash, or two processes exporting at once, never leave a partial model at `destination`.
+    so a crash, or two processes exporting at once, never leave a partial model at `destination`:
+    an existing `destination` is always a complete export.
     """
-    if (destination / "model.onnx").is_file():
+    if destination.is_dir():
         return destination
-    from optimum.exporters.onnx import main_export
-
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.partial"
     log.info("exporting %s to ONNX (%s), first use only ...", folder, kind.task)
     started = time.perf_counter()
     try:
-        main_export(
-            str(folder),
-            str(staging),
-            task=kind.task,
-            library_name=kind.library,
-            local_files_only=True,
-            do_validation=False,
-        )
+        if kind.exporter == "optimum":
+            from optimum.exporters.onnx import main_export
+
+            main_export(
+                str(folder),
+                str(staging),
+                task=kind.task,
+                library_name=kind.library,
+                local_files_only=True,
+                do_validation=False,
+            )
+        else:
+            CUSTOM_EXPORTERS[kind.exporter](folder, staging)
         try:
             staging.rename(destination)
         except OSError:  # another process finished first: its export is as good as ours
-            if not (destination / "model.onnx").is_file():
+            if not destination.is_dir():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

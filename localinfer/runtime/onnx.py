@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .export import ExportKind
 
 
 def default_threads() -> int:
@@ -15,6 +18,17 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def session_options(threads: int | None = None) -> Any:
+    """Threads set to the cores (or `threads`), all graph optimisations."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
 
 
 def providers() -> list[str]:
@@ -33,11 +47,9 @@ class OnnxRunner:
     def __init__(self, model_path: Path, *, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers())
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=session_options(threads), providers=providers()
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.compute_type = "gpu+optimized" if "CUDA" in self.session.get_providers()[0] else "cpu+optimized"
@@ -54,3 +66,27 @@ class OnnxRunner:
             else:
                 raise KeyError(f"the ONNX graph needs input {name!r}")
         return dict(zip(names, self.session.run(names, inputs), strict=True))
+
+
+# optimum's ONNX Runtime model class for each generative export task.
+_GENERATOR_CLASSES = {
+    "text-generation-with-past": "ORTModelForCausalLM",
+    "text2text-generation-with-past": "ORTModelForSeq2SeqLM",
+    "automatic-speech-recognition-with-past": "ORTModelForSpeechSeq2Seq",
+}
+
+
+class OnnxGenerator:
+    """A generative export run by optimum's ONNX Runtime model, whose `generate` reuses past key/values."""
+
+    backend = "onnx"
+
+    def __init__(self, folder: Path, kind: ExportKind, *, threads: int | None = None) -> None:
+        import optimum.onnxruntime as ort_models
+
+        model_class = getattr(ort_models, _GENERATOR_CLASSES[kind.task])
+        names = providers()
+        self.model = model_class.from_pretrained(
+            folder, providers=names, session_options=session_options(threads), use_cache=True, local_files_only=True
+        )
+        self.compute_type = "gpu+optimized" if names[0].startswith("CUDA") else "cpu+optimized"

@@ -49,3 +49,23 @@ class TorchRunner:
                 tensors = {k: v for k, v in tensors.items() if k in self.input_names}
                 outputs = self.model(**tensors)
         return {k: v.float().cpu().numpy() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+
+
+class TorchGenerator:
+    """The PyTorch generative model for a `*-with-past` kind; `model.generate` as transformers gives it."""
+
+    backend = "torch"
+
+    def __init__(self, folder: Path, kind: ExportKind) -> None:
+        import torch
+        from optimum.exporters.tasks import TasksManager
+
+        task = kind.task.removesuffix("-with-past")
+        self.model: Any = TasksManager.get_model_from_task(
+            task, str(folder), library_name=kind.library, framework="pt", device="cpu"
+        )
+        self.model.eval()
+        self.compute_type = "cpu"
+        if torch.cuda.is_available():
+            self.model.to("cuda")
+            self.compute_type = "gpu"

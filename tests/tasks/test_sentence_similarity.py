@@ -19,7 +19,7 @@ EXAMPLE = {
 
 def test_minilm_reproduces_the_published_answer_on_onnx(engine):
     assert_close(engine.query(MINILM, EXAMPLE), PUBLISHED, 1e-5)
-    assert engine.onnx_file(*engine.resolve(MINILM)).is_file()
+    assert (engine.onnx_dir(*engine.resolve(MINILM)) / "model.onnx").is_file()
 
 
 def test_minilm_reproduces_the_published_answer_on_torch(torch_engine):
