@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +35,8 @@ class ExportKind:
         return self.task.endswith("-with-past")
 
 
-# name -> function(model folder, output folder): exporters for models optimum has no exporter for.
-CUSTOM_EXPORTERS: dict[str, Callable[[Path, Path], None]] = {}
+# name -> "module:function(model folder, output folder)": exporters for models optimum cannot export.
+CUSTOM_EXPORTERS: dict[str, str] = {"tapas": "localinfer.runtime.tapas:export_tapas"}
 
 
 def existing_onnx(folder: Path) -> Path | None:
@@ -80,7 +80,8 @@ def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:
                 do_validation=False,
             )
         else:
-            CUSTOM_EXPORTERS[kind.exporter](folder, staging)
+            module, function = CUSTOM_EXPORTERS[kind.exporter].split(":")
+            getattr(importlib.import_module(module), function)(folder, staging)
         try:
             staging.rename(destination)
         except OSError:  # another process finished first: its export is as good as ours

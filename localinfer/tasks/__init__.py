@@ -9,6 +9,7 @@ from .feature_extraction import FeatureExtraction
 from .fill_mask import FillMask
 from .question_answering import QuestionAnswering
 from .sentence_similarity import SentenceSimilarity
+from .table_question_answering import TableQuestionAnswering
 from .text_classification import TextClassification
 from .token_classification import TokenClassification
 from .zero_shot_classification import ZeroShotClassification
@@ -20,6 +21,7 @@ TASKS: dict[str, Task] = {
         FillMask(),
         QuestionAnswering(),
         SentenceSimilarity(),
+        TableQuestionAnswering(),
         TextClassification(),
         TokenClassification(),
         ZeroShotClassification(),

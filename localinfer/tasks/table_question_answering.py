@@ -1,0 +1,150 @@
+"""table-question-answering: TAPAS selects cells (and an aggregator); TAPEX generates the answer.
+
+Both answer `{answer, coordinates, cells, aggregator}`. TAPAS runs its custom ONNX export (see
+runtime/tapas.py), one query at a time, with the transformers TapasTokenizer: TAPAS's table encoding
+(row, column and rank ids) and its cell decoding exist only there. TAPEX, a BART model, generates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import BadRequestError
+from ..runtime import ExportKind, LoadedModel
+from ..text import read_json
+from .base import Parameters, Task
+
+
+class TableQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: Annotated[str, Field(min_length=1)]
+    table: Annotated[dict[str, list[str | int | float]], Field(min_length=1)]
+
+    @field_validator("table")
+    @classmethod
+    def _rectangular(cls, table: dict[str, list]) -> dict[str, list[str]]:
+        lengths = {column: len(cells) for column, cells in table.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"all columns must have the same number of cells, got {lengths}")
+        if not next(iter(lengths.values())):
+            raise ValueError("the table has no rows")
+        return {column: [str(cell) for cell in cells] for column, cells in table.items()}
+
+
+class TableQuestionAnsweringParameters(Parameters):
+    padding: bool | Literal["longest", "max_length", "do_not_pad"] = True
+    truncation: bool | Literal["drop_rows_to_fit", "do_not_truncate", "longest_first"] | None = None
+    sequential: bool = False  # one query per request: sequential and batched inference agree
+
+
+def _is_tapas(folder: Path) -> bool:
+    return read_json(folder / "config.json").get("model_type") == "tapas"
+
+
+class TableQuestionAnswering(Task):
+    """`{query, table}` answers `{answer, coordinates, cells, aggregator}`; a list answers one per item."""
+
+    name = "table-question-answering"
+    Inputs = TableQuery | Annotated[list[TableQuery], Field(min_length=1)]
+    Parameters = TableQuestionAnsweringParameters
+
+    def export_kind(self, folder: Path) -> ExportKind:
+        if _is_tapas(folder):
+            return ExportKind("table-question-answering", exporter="tapas")
+        return ExportKind("text2text-generation-with-past")
+
+    def run(self, model: LoadedModel, inputs: Any, parameters: TableQuestionAnsweringParameters) -> Any:
+        items = inputs if isinstance(inputs, list) else [inputs]
+        answer = _tapas if model.kind.exporter == "tapas" else _tapex
+        answers = [answer(model, item, parameters) for item in items]
+        return answers if isinstance(inputs, list) else answers[0]
+
+
+def _tokenizer(model: LoadedModel) -> Any:
+    if "table-tokenizer" not in model.state:
+        from transformers import AutoTokenizer
+
+        model.state["table-tokenizer"] = AutoTokenizer.from_pretrained(model.files)
+    return model.state["table-tokenizer"]
+
+
+def _tapas(model: LoadedModel, item: TableQuery, parameters: TableQuestionAnsweringParameters) -> dict:
+    import pandas as pd
+    import torch
+
+    tokenizer = _tokenizer(model)
+    table = pd.DataFrame(item.table)
+    truncation = "drop_rows_to_fit" if parameters.truncation is None else parameters.truncation
+    encoded = tokenizer(
+        table=table, queries=item.query, truncation=truncation, padding=parameters.padding, return_tensors="np"
+    )
+    feeds = {name: encoded[name].astype("int64") for name in ("input_ids", "attention_mask", "token_type_ids")}
+    if feeds["input_ids"].shape[1] > model.config.get("max_position_embeddings", 512):
+        raise BadRequestError("inputs.table: too large for the model's window; allow truncation")
+    outputs = model.runner.run(feeds, ("logits", "logits_aggregation"))
+    labels = {int(k): v for k, v in (model.config.get("aggregation_labels") or {}).items()}
+    aggregate = bool(labels) and bool(model.config.get("num_aggregation_labels"))
+    data = {name: torch.from_numpy(array) for name, array in feeds.items()}
+    logits = torch.from_numpy(outputs["logits"])
+    if aggregate:
+        coordinates, aggregations = tokenizer.convert_logits_to_predictions(
+            data, logits, torch.from_numpy(outputs["logits_aggregation"])
+        )
+        aggregator = labels[int(aggregations[0])]
+        prefix = "" if int(aggregations[0]) == model.config.get("no_aggregation_label_index") else aggregator + " > "
+    else:
+        coordinates, aggregator, prefix = tokenizer.convert_logits_to_predictions(data, logits)[0], "NONE", ""
+    cells = [table.iat[coordinate] for coordinate in coordinates[0]]
+    return {
+        "answer": prefix + ", ".join(cells),
+        "coordinates": [list(c) for c in coordinates[0]],
+        "cells": cells,
+        "aggregator": aggregator,
+    }
+
+
+def _tapex(model: LoadedModel, item: TableQuery, parameters: TableQuestionAnsweringParameters) -> dict:
+    import pandas as pd
+    import torch
+
+    tokenizer = _tokenizer(model)
+    table = pd.DataFrame(item.table)
+    truncation = "do_not_truncate" if parameters.truncation is None else parameters.truncation
+    encoded = tokenizer(
+        table=table, query=item.query, truncation=truncation, padding=parameters.padding, return_tensors="pt"
+    )
+    generator = model.runner.model
+    with torch.inference_mode():
+        output = generator.generate(**encoded, generation_config=_generation_config(model))
+    answer = tokenizer.batch_decode(output, skip_special_tokens=True)[0]
+    # TAPEX names no cells: the cells are those whose text is the answer, or one of its comma-separated parts.
+    wanted = {answer.strip().lower(), *(part.strip().lower() for part in answer.split(","))} - {""}
+    coordinates = [
+        [row, col]
+        for col, column in enumerate(table.columns)
+        for row in range(len(table))
+        if str(table.iat[row, col]).strip().lower() in wanted
+    ]
+    coordinates.sort()
+    return {
+        "answer": answer,
+        "coordinates": coordinates,
+        "cells": [table.iat[r, c] for r, c in coordinates],
+        "aggregator": "NONE",
+    }
+
+
+def _generation_config(model: LoadedModel) -> Any:
+    """The table-question-answering pipeline's: the model's settings over its default of 256 new tokens."""
+    if "generation-config" not in model.state:
+        from transformers import GenerationConfig
+
+        default = GenerationConfig(max_new_tokens=256)
+        config, _ = model.runner.model._prepare_generation_config(generation_config=default, use_model_defaults=True)
+        if config.max_new_tokens == 256 and config.max_length not in (None, 20):  # the pipeline honours max_length
+            config.max_new_tokens = None
+        model.state["generation-config"] = config
+    return model.state["generation-config"]
