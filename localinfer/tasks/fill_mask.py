@@ -50,8 +50,7 @@ class FillMask(Task):
             logits = model.runner.run(feeds, ("logits",))["logits"]
             answers = []
             for ids, mask_row, row in zip(feeds["input_ids"], feeds["attention_mask"], logits, strict=True):
-                ids = ids[mask_row.astype(bool)]
-                answers.append(_fill(tokenizer, ids, row[mask_row.astype(bool)], mask_id, parameters.top_k, targets))
+                answers.append(_fill(tokenizer, ids[mask_row.astype(bool)], row, mask_id, parameters.top_k, targets))
             return answers
 
         answers = run_batched(texts, run, batch_size=BATCH_SIZE, length=len)
@@ -61,6 +60,7 @@ class FillMask(Task):
 def _fill(
     tokenizer: TextTokenizer, ids: np.ndarray, logits: np.ndarray, mask_id: int, top_k: int, targets: np.ndarray | None
 ) -> list:
+    """The answer for one input: `ids` without padding, `logits` [positions, vocabulary] (padding may follow)."""
     positions = np.flatnonzero(ids == mask_id)
     if len(positions) == 0:
         raise BadRequestError("inputs: the mask token was cut off: it lies beyond the model's window")
@@ -71,7 +71,8 @@ def _fill(
     single = len(positions) == 1
     rows = []
     for position, row in zip(positions, probs, strict=True):
-        best = np.argsort(-row, kind="stable")[:k]
+        best = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
+        best = best[np.argsort(-row[best], kind="stable")]  # sorting k, not the whole vocabulary
         entries = []
         for index in best:
             token = int(targets[index] if targets is not None else index)

@@ -58,8 +58,17 @@ class TableQuestionAnswering(Task):
 
     def run(self, model: LoadedModel, inputs: Any, parameters: TableQuestionAnsweringParameters) -> Any:
         items = inputs if isinstance(inputs, list) else [inputs]
-        answer = _tapas if model.kind.exporter == "tapas" else _tapex
-        answers = [answer(model, item, parameters) for item in items]
+        if model.kind.exporter == "tapas":
+            answers: list = [None] * len(items)
+            by_table: dict[str, list[int]] = {}  # queries on one table are encoded (and decoded) together
+            for index, item in enumerate(items):
+                by_table.setdefault(repr(item.table), []).append(index)
+            for indices in by_table.values():
+                found = _tapas(model, items[indices[0]].table, [items[i].query for i in indices], parameters)
+                for index, answer in zip(indices, found, strict=True):
+                    answers[index] = answer
+        else:
+            answers = [_tapex(model, item, parameters) for item in items]
         return answers if isinstance(inputs, list) else answers[0]
 
 
@@ -71,20 +80,29 @@ def _tokenizer(model: LoadedModel) -> Any:
     return model.state["table-tokenizer"]
 
 
-def _tapas(model: LoadedModel, item: TableQuery, parameters: TableQuestionAnsweringParameters) -> dict:
+def _tapas(
+    model: LoadedModel,
+    table_data: dict[str, list[str]],
+    queries: list[str],
+    parameters: TableQuestionAnsweringParameters,
+) -> list[dict]:
+    import numpy as np
     import pandas as pd
     import torch
 
     tokenizer = _tokenizer(model)
-    table = pd.DataFrame(item.table)
+    table = pd.DataFrame(table_data)
     truncation = "drop_rows_to_fit" if parameters.truncation is None else parameters.truncation
     encoded = tokenizer(
-        table=table, queries=item.query, truncation=truncation, padding=parameters.padding, return_tensors="np"
+        table=table, queries=queries, truncation=truncation, padding=parameters.padding, return_tensors="np"
     )
     feeds = {name: encoded[name].astype("int64") for name in ("input_ids", "attention_mask", "token_type_ids")}
     if feeds["input_ids"].shape[1] > model.config.get("max_position_embeddings", 512):
         raise BadRequestError("inputs.table: too large for the model's window; allow truncation")
-    outputs = model.runner.run(feeds, ("logits", "logits_aggregation"))
+    # The TAPAS export takes one query at a time (see runtime/tapas.py).
+    names = ("logits", "logits_aggregation")
+    rows = [model.runner.run({k: v[i : i + 1] for k, v in feeds.items()}, names) for i in range(len(queries))]
+    outputs = {name: np.concatenate([row[name] for row in rows]) for name in names}
     labels = {int(k): v for k, v in (model.config.get("aggregation_labels") or {}).items()}
     aggregate = bool(labels) and bool(model.config.get("num_aggregation_labels"))
     data = {name: torch.from_numpy(array) for name, array in feeds.items()}
@@ -93,17 +111,25 @@ def _tapas(model: LoadedModel, item: TableQuery, parameters: TableQuestionAnswer
         coordinates, aggregations = tokenizer.convert_logits_to_predictions(
             data, logits, torch.from_numpy(outputs["logits_aggregation"])
         )
-        aggregator = labels[int(aggregations[0])]
-        prefix = "" if int(aggregations[0]) == model.config.get("no_aggregation_label_index") else aggregator + " > "
     else:
-        coordinates, aggregator, prefix = tokenizer.convert_logits_to_predictions(data, logits)[0], "NONE", ""
-    cells = [table.iat[coordinate] for coordinate in coordinates[0]]
-    return {
-        "answer": prefix + ", ".join(cells),
-        "coordinates": [list(c) for c in coordinates[0]],
-        "cells": cells,
-        "aggregator": aggregator,
-    }
+        coordinates, aggregations = tokenizer.convert_logits_to_predictions(data, logits)[0], None
+    answers = []
+    for index, cells_at in enumerate(coordinates):
+        aggregator, prefix = "NONE", ""
+        if aggregations is not None:
+            aggregator = labels[int(aggregations[index])]
+            if int(aggregations[index]) != model.config.get("no_aggregation_label_index"):
+                prefix = aggregator + " > "
+        cells = [table.iat[coordinate] for coordinate in cells_at]
+        answers.append(
+            {
+                "answer": prefix + ", ".join(cells),
+                "coordinates": [list(c) for c in cells_at],
+                "cells": cells,
+                "aggregator": aggregator,
+            }
+        )
+    return answers
 
 
 def _tapex(model: LoadedModel, item: TableQuery, parameters: TableQuestionAnsweringParameters) -> dict:

@@ -29,8 +29,9 @@ def test_tapas_parity_with_the_pipeline(engine, oracles):
 
 def test_tapas_list_of_queries_and_numbers_in_cells(engine, oracles):
     table = {"city": ["Paris", "London"], "height": [324, 96.5]}
-    expected = [oracles["tapas"](table={"city": ["Paris", "London"], "height": ["324", "96.5"]}, query=q)
-                for q in QUERIES[:2]]
+    expected = [
+        oracles["tapas"](table={"city": ["Paris", "London"], "height": ["324", "96.5"]}, query=q) for q in QUERIES[:2]
+    ]
     for e in expected:
         e["coordinates"] = [list(c) for c in e["coordinates"]]
     answer = engine.query("tiny/tapas", {"inputs": [{"query": q, "table": table} for q in QUERIES[:2]]})
