@@ -45,11 +45,15 @@ class TokenClassification(Task):
 
     def run(self, model: LoadedModel, inputs: str | list[str], parameters: TokenClassificationParameters) -> Any:
         strategy = parameters.aggregation_strategy
-        tokenizer = text_tokenizer(model, stride=parameters.stride or 0)
-        if parameters.stride is not None:
-            _check_stride(tokenizer, parameters.stride, strategy)
         id2label = {int(k): v for k, v in (model.config.get("id2label") or {}).items()}
         texts = [inputs] if isinstance(inputs, str) else inputs
+        try:
+            tokenizer = text_tokenizer(model, stride=parameters.stride or 0)
+        except FileNotFoundError:  # no tokenizer.json: a slow tokenizer, which gives no character offsets
+            answers = _run_without_offsets(model, texts, parameters, id2label)
+            return answers[0] if isinstance(inputs, str) else answers
+        if parameters.stride is not None:
+            _check_stride(tokenizer, parameters.stride, strategy)
         # Every window of every text, run in batches; a window knows its text.
         windows = [(i, enc) for i, text in enumerate(texts) for enc in _windows(tokenizer, text, parameters.stride)]
 
@@ -58,13 +62,14 @@ class TokenClassification(Task):
             return list(model.runner.run(feeds, ("logits",))["logits"].astype(np.float32))
 
         all_logits = run_batched(windows, run, batch_size=BATCH_SIZE, length=lambda w: len(w[1].ids))
-        grouper = _Grouper(tokenizer, id2label)
+        backend = tokenizer.tokenizer
+        grouper = _Grouper(id2label, _tokens_to_string(backend))
+        has_prefix = bool(getattr(backend.model, "continuing_subword_prefix", None))
+        unk = tokenizer.special_token("unk_token")
         answers: list[list[dict]] = [[] for _ in texts]
         for (index, encoding), logits in zip(windows, all_logits, strict=True):
-            entities = grouper.entities(texts[index], encoding, softmax(logits), strategy)
-            answers[index].extend(
-                e for e in entities if e.get("entity", e.get("entity_group")) not in parameters.ignore_labels
-            )
+            pre = _pre_entities(texts[index], encoding, softmax(logits), backend, has_prefix, unk[1] if unk else None)
+            answers[index].extend(_kept(grouper.aggregate(pre, strategy), parameters.ignore_labels))
         for index, encoding_count in enumerate(np.bincount([i for i, _ in windows], minlength=len(texts))):
             if encoding_count > 1:
                 answers[index] = _merge_overlapping(answers[index])
@@ -86,23 +91,96 @@ def _windows(tokenizer: TextTokenizer, text: str, stride: int | None) -> list[An
     return encodings if stride is not None else encodings[:1]
 
 
+def _run_without_offsets(
+    model: LoadedModel, texts: list[str], parameters: TokenClassificationParameters, id2label: dict[int, str]
+) -> list[list[dict]]:
+    """A slow tokenizer: entities without start and end, as the pipeline gives them; no word strategies."""
+    strategy = parameters.aggregation_strategy
+    if strategy not in ("none", "simple"):
+        raise BadRequestError(
+            f"parameters.aggregation_strategy: {strategy!r} needs word boundaries, which this model's tokenizer "
+            "cannot give (it has no fast tokenizer.json, so no character offsets); use 'none' or 'simple'"
+        )
+    if parameters.stride is not None:
+        raise BadRequestError("parameters.stride: needs a fast tokenizer (tokenizer.json), which this model lacks")
+    if "slow-tokenizer" not in model.state:
+        from transformers import AutoTokenizer
+
+        model.state["slow-tokenizer"] = AutoTokenizer.from_pretrained(model.files, use_fast=False)
+    slow = model.state["slow-tokenizer"]
+    grouper = _Grouper(id2label, slow.convert_tokens_to_string)
+    answers = []
+    for text in texts:
+        encoded = slow(text, truncation=True, return_special_tokens_mask=True, return_tensors="np")
+        feeds = {k: v.astype(np.int64) for k, v in encoded.items() if k != "special_tokens_mask"}
+        scores = softmax(model.runner.run(feeds, ("logits",))["logits"][0].astype(np.float32))
+        pre = [
+            {
+                "word": slow.convert_ids_to_tokens(int(token)),
+                "scores": scores[index],
+                "start": None,
+                "end": None,
+                "index": index,
+                "is_subword": False,
+            }
+            for index, (token, special) in enumerate(
+                zip(feeds["input_ids"][0], encoded["special_tokens_mask"][0], strict=True)
+            )
+            if not special
+        ]
+        answers.append(_kept(grouper.aggregate(pre, strategy), parameters.ignore_labels))
+    return answers
+
+
+def _kept(entities: list[dict], ignore_labels: list[str]) -> list[dict]:
+    return [e for e in entities if e.get("entity", e.get("entity_group")) not in ignore_labels]
+
+
+def _tokens_to_string(backend: Any):
+    """transformers' fast convert_tokens_to_string: the tokenizer's decoder, else tokens joined by spaces."""
+    decoder = backend.decoder
+    return decoder.decode if decoder is not None else " ".join
+
+
+def _pre_entities(
+    sentence: str, encoding: Any, scores: np.ndarray, backend: Any, has_subword_prefix: bool, unk_id: int | None
+) -> list[dict]:
+    """transformers' gather_pre_entities: every non-special token with its scores, offsets and subword flag."""
+    pre = []
+    for index, (token_id, special, (start, end)) in enumerate(
+        zip(encoding.ids, encoding.special_tokens_mask, encoding.offsets, strict=True)
+    ):
+        if special:
+            continue
+        word = backend.id_to_token(token_id)
+        reference = sentence[start:end]
+        if has_subword_prefix:
+            is_subword = len(word) != len(reference)
+        else:  # the pipeline's fallback heuristic for tokenizers without a subword prefix
+            is_subword = start > 0 and " " not in sentence[start - 1 : start + 1]
+        if token_id == unk_id:
+            word, is_subword = reference, False
+        pre.append(
+            {
+                "word": word,
+                "scores": scores[index],
+                "start": start,
+                "end": end,
+                "index": index,
+                "is_subword": is_subword,
+            }
+        )
+    return pre
+
+
 class _Grouper:
-    """transformers' TokenClassificationPipeline postprocessing on `tokenizers` encodings."""
+    """transformers' TokenClassificationPipeline aggregation: tokens -> words -> entity groups."""
 
-    def __init__(self, tokenizer: TextTokenizer, id2label: dict[int, str]) -> None:
-        backend = tokenizer.tokenizer
-        self.backend = backend
+    def __init__(self, id2label: dict[int, str], tokens_to_string) -> None:
         self.id2label = id2label
-        self.has_subword_prefix = bool(getattr(backend.model, "continuing_subword_prefix", None))
-        unk = tokenizer.special_token("unk_token")
-        self.unk_id = unk[1] if unk else None
+        self.tokens_to_string = tokens_to_string
 
-    def tokens_to_string(self, tokens: list[str]) -> str:
-        decoder = self.backend.decoder
-        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
-
-    def entities(self, sentence: str, encoding: Any, scores: np.ndarray, strategy: str) -> list[dict]:
-        pre = self._pre_entities(sentence, encoding, scores)
+    def aggregate(self, pre: list[dict], strategy: str) -> list[dict]:
         if strategy in ("none", "simple"):
             entities = []
             for p in pre:
@@ -120,33 +198,6 @@ class _Grouper:
         else:
             entities = self._aggregate_words(pre, strategy)
         return entities if strategy == "none" else self._group(entities)
-
-    def _pre_entities(self, sentence: str, encoding: Any, scores: np.ndarray) -> list[dict]:
-        pre = []
-        for index, (token_id, special, (start, end)) in enumerate(
-            zip(encoding.ids, encoding.special_tokens_mask, encoding.offsets, strict=True)
-        ):
-            if special:
-                continue
-            word = self.backend.id_to_token(token_id)
-            reference = sentence[start:end]
-            if self.has_subword_prefix:
-                is_subword = len(word) != len(reference)
-            else:  # the pipeline's fallback heuristic for tokenizers without a subword prefix
-                is_subword = start > 0 and " " not in sentence[start - 1 : start + 1]
-            if token_id == self.unk_id:
-                word, is_subword = reference, False
-            pre.append(
-                {
-                    "word": word,
-                    "scores": scores[index],
-                    "start": start,
-                    "end": end,
-                    "index": index,
-                    "is_subword": is_subword,
-                }
-            )
-        return pre
 
     def _aggregate_words(self, pre: list[dict], strategy: str) -> list[dict]:
         words: list[list[dict]] = []

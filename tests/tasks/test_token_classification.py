@@ -96,3 +96,37 @@ def test_bad_parameters_are_400_naming_them(engine, parameters, message):
     with pytest.raises(BadRequestError) as info:
         engine.query("tiny/bert-ner", {"inputs": "x", "parameters": parameters})
     assert message in info.value.body["error"]
+
+
+@pytest.fixture(scope="module")
+def slow_tokenizer_model(tiny, tmp_path_factory):
+    """bert-ner shipped with an ONNX file and only a slow tokenizer (no tokenizer.json): no offsets."""
+    import shutil
+
+    from optimum.exporters.onnx import main_export
+
+    folder = shutil.copytree(tiny["bert-ner"], tmp_path_factory.mktemp("slow") / "bert-ner-slow")
+    main_export(str(folder), str(folder / "onnx"), task="token-classification")
+    for path in (folder / "tokenizer.json", folder / "onnx" / "tokenizer.json"):
+        path.unlink()
+    return folder
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple"])
+def test_slow_tokenizer_answers_without_offsets(engine, slow_tokenizer_model, strategy):
+    from transformers import AutoTokenizer, pipeline
+
+    slow = AutoTokenizer.from_pretrained(slow_tokenizer_model, use_fast=False)
+    oracle = pipeline("token-classification", model=str(slow_tokenizer_model), tokenizer=slow)
+    expected = oracle(TEXTS[0], aggregation_strategy=strategy)
+    answer = engine.query(
+        str(slow_tokenizer_model), {"inputs": TEXTS[0], "parameters": {"aggregation_strategy": strategy}}
+    )
+    assert_close(answer, expected)
+    assert all(e["start"] is None for e in answer)
+
+
+@pytest.mark.parametrize("strategy", ["first", "average", "max"])
+def test_word_strategies_need_offsets(engine, slow_tokenizer_model, strategy):
+    with pytest.raises(BadRequestError, match="needs word boundaries"):
+        engine.query(str(slow_tokenizer_model), {"inputs": "x", "parameters": {"aggregation_strategy": strategy}})
