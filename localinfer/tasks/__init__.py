@@ -5,22 +5,30 @@ from __future__ import annotations
 from ..errors import BadRequestError
 from ..registry import check_task_name
 from .base import Task
+from .conversational import Conversational
 from .feature_extraction import FeatureExtraction
 from .fill_mask import FillMask
 from .question_answering import QuestionAnswering
 from .sentence_similarity import SentenceSimilarity
 from .table_question_answering import TableQuestionAnswering
+from .text2text_generation import Summarization, Text2TextGeneration, Translation
 from .text_classification import TextClassification
+from .text_generation import TextGeneration
 from .token_classification import TokenClassification
 from .zero_shot_classification import ZeroShotClassification
 
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
+        Conversational(),
         FeatureExtraction(),
         FillMask(),
         QuestionAnswering(),
         SentenceSimilarity(),
+        Summarization(),
+        Text2TextGeneration(),
+        TextGeneration(),
+        Translation(),
         TableQuestionAnswering(),
         TextClassification(),
         TokenClassification(),

@@ -1,0 +1,122 @@
+"""text2text-generation, summarization, translation: greedy and seeded answers equal the transformers pipeline's."""
+
+from __future__ import annotations
+
+import pytest
+
+from localinfer import BadRequestError
+
+TEXTS = ["That is a happy person", "The tower is 324 metres tall, about the same height as an 81-storey building."]
+GREEDY = {"do_sample": False, "max_new_tokens": 8}
+
+
+def _pipeline(tiny, task, name):
+    from transformers import pipeline
+
+    return pipeline(task, model=str(tiny[name]))
+
+
+def _seeded(pipe, inputs, seed, **kwargs):
+    import torch
+
+    torch.manual_seed(seed)
+    return pipe(inputs, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["t5", "bart"])
+def test_text2text_greedy_equals_the_pipeline(engine, tiny, name):
+    oracle = _pipeline(tiny, "text2text-generation", name)
+    expected = oracle(TEXTS, **GREEDY)  # a list answers as the pipeline does: one entry per text
+    answer = engine.query(f"tiny/{name}", {"inputs": TEXTS, "parameters": GREEDY}, task="text2text-generation")
+    assert answer == expected
+    one = engine.query(f"tiny/{name}", {"inputs": TEXTS[0], "parameters": GREEDY}, task="text2text-generation")
+    assert one == oracle(TEXTS[0], **GREEDY)
+
+
+def test_text2text_seeded_sampling_equals_pytorch(engine, tiny):
+    oracle = _pipeline(tiny, "text2text-generation", "t5")
+    parameters = {"seed": 11, "do_sample": True, "top_k": 10, "num_return_sequences": 2, "max_new_tokens": 8}
+    expected = _seeded(oracle, TEXTS[0], 11, **{k: v for k, v in parameters.items() if k != "seed"})
+    assert engine.query("tiny/t5", {"inputs": TEXTS[0], "parameters": parameters}) == expected
+
+
+@pytest.mark.parametrize("name", ["bart", "t5"])
+@pytest.mark.parametrize("lengths", [{}, {"min_length": 3, "max_length": 6}, {"max_length": 4}])
+def test_summarization_equals_the_pipeline(engine, tiny, name, lengths):
+    oracle = _pipeline(tiny, "summarization", name)  # T5's "summarize: " prefix comes from its config
+    parameters = {"do_sample": False, **lengths}
+    # max_length bounds the summary (the pipeline's 256-token default must not override it); else the model's 8
+    expected = oracle(TEXTS, **parameters, max_new_tokens=None if "max_length" in lengths else 8)
+    answer = engine.query(f"tiny/{name}", {"inputs": TEXTS, "parameters": parameters}, task="summarization")
+    assert answer == expected
+    one = engine.query(f"tiny/{name}", {"inputs": TEXTS[1], "parameters": parameters}, task="summarization")
+    assert one == [expected[1]] and set(one[0]) == {"summary_text"}
+
+
+def test_summarization_seeded_sampling_equals_pytorch(engine, tiny):
+    oracle = _pipeline(tiny, "summarization", "bart")
+    expected = _seeded(oracle, TEXTS[1], 4, do_sample=True, temperature=0.9, max_length=10, max_new_tokens=None)
+    parameters = {"seed": 4, "do_sample": True, "temperature": 0.9, "max_length": 10}
+    assert engine.query("tiny/bart", {"inputs": TEXTS[1], "parameters": parameters}) == expected
+
+
+def test_long_input_is_truncated_not_refused(engine, tiny):
+    oracle = _pipeline(tiny, "summarization", "bart")
+    text = " ".join(TEXTS * 40)
+    expected = oracle(text, do_sample=False, truncation=True, max_new_tokens=8)
+    assert engine.query("tiny/bart", {"inputs": text, "parameters": {"do_sample": False}}) == expected
+
+
+def test_t5_translation_takes_its_task_prefix_from_the_config(engine, tiny):
+    from transformers import pipeline
+
+    oracle = pipeline("translation_en_to_fr", model=str(tiny["t5"]))
+    expected = oracle(TEXTS, **GREEDY)
+    assert engine.query("tiny/t5", {"inputs": TEXTS, "parameters": GREEDY}, task="translation") == expected
+    with_langs = {**GREEDY, "src_lang": "en", "tgt_lang": "fr"}
+    assert engine.query("tiny/t5", {"inputs": TEXTS, "parameters": with_langs}, task="translation") == expected
+    with pytest.raises(BadRequestError, match="translation_en_to_fr, not translation_en_to_de"):
+        engine.query("tiny/t5", {"inputs": "x", "parameters": {"src_lang": "en", "tgt_lang": "de"}}, task="translation")
+
+
+def test_marian_translation_equals_the_pipeline(engine, tiny):
+    oracle = _pipeline(tiny, "translation", "marian")
+    expected = oracle(TEXTS, **GREEDY)
+    assert engine.query("tiny/marian", {"inputs": TEXTS, "parameters": GREEDY}) == expected
+    one = engine.query("tiny/marian", {"inputs": TEXTS[0], "parameters": GREEDY})
+    assert one == oracle(TEXTS[0], **GREEDY) and set(one[0]) == {"translation_text"}
+
+
+def test_torch_backend_answers_the_same(engine, torch_engine):
+    for name, task in [("bart", "summarization"), ("t5", "text2text-generation"), ("marian", "translation")]:
+        payload = {"inputs": TEXTS, "parameters": {"do_sample": False}}
+        assert torch_engine.query(f"tiny/{name}", payload, task=task) == engine.query(
+            f"tiny/{name}", payload, task=task
+        )
+
+
+def test_the_onnx_route_reuses_past_key_values(engine):
+    model = engine.preload("tiny/bart")
+    assert model.runner.backend == "onnx" and model.runner.model.use_cache
+    decoder = model.runner.model.decoder.session
+    assert any(i.name.startswith("past_key_values") for i in decoder.get_inputs())
+
+
+@pytest.mark.parametrize(
+    ("task", "parameters", "field"),
+    [
+        ("summarization", {"min_length": 0}, "parameters.min_length"),
+        ("summarization", {"max_length": 501}, "parameters.max_length"),
+        ("summarization", {"min_length": 9, "max_length": 5}, "min_length (9) must not exceed max_length (5)"),
+        ("summarization", {"top_p": -0.1}, "parameters.top_p"),
+        ("summarization", {"max_time": 200}, "parameters.max_time"),
+        ("text2text-generation", {"max_new_tokens": 300}, "parameters.max_new_tokens"),
+        ("text2text-generation", {"repetition_penalty": 101}, "parameters.repetition_penalty"),
+        ("translation", {"src_lang": 3}, "parameters.src_lang"),
+        ("translation", {"num_return_sequences": 2, "temperature": 0}, "parameters.num_return_sequences"),
+    ],
+)
+def test_bad_parameters_are_400_naming_them(engine, task, parameters, field):
+    with pytest.raises(BadRequestError) as info:
+        engine.query("tiny/bart", {"inputs": "hi", "parameters": parameters}, task=task)
+    assert field in info.value.body["error"]

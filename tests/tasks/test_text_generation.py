@@ -1,0 +1,147 @@
+"""text-generation: greedy and seeded answers equal the transformers pipeline's; KV cache; limits; bounds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from localinfer import BadRequestError
+from tests.conftest import assert_close
+
+PROMPTS = ["That is a happy", "Paris is the capital of", "My name is Sarah and"]
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny):
+    from transformers import pipeline
+
+    return pipeline("text-generation", model=str(tiny["gpt2"]))
+
+
+def _sampled(oracle, prompt, seed, **kwargs):
+    import torch
+
+    torch.manual_seed(seed)
+    return oracle(prompt, **kwargs)
+
+
+@pytest.mark.parametrize("return_full_text", [True, False])
+def test_greedy_equals_the_pipeline(engine, oracle, return_full_text):
+    parameters = {"do_sample": False, "max_new_tokens": 8, "return_full_text": return_full_text}
+    expected = [oracle(p, **parameters) for p in PROMPTS]
+    assert engine.query("tiny/gpt2", {"inputs": PROMPTS, "parameters": parameters}) == expected
+    assert engine.query("tiny/gpt2", {"inputs": PROMPTS[0], "parameters": parameters}) == expected[0]
+
+
+def test_temperature_zero_means_greedy(engine, oracle):
+    answer = engine.query("tiny/gpt2", {"inputs": PROMPTS[0], "parameters": {"temperature": 0, "max_new_tokens": 8}})
+    assert answer == oracle(PROMPTS[0], do_sample=False, max_new_tokens=8)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"seed": 7, "max_new_tokens": 8},
+        {"seed": 3, "max_new_tokens": 8, "top_k": 20, "top_p": 0.9, "temperature": 0.7, "num_return_sequences": 3},
+        {"seed": 5, "max_new_tokens": 8, "repetition_penalty": 1.5, "temperature": 1.3},
+    ],
+)
+def test_seeded_sampling_equals_pytorch_with_the_same_seed(engine, oracle, parameters):
+    kwargs = {k: v for k, v in parameters.items() if k != "seed"}
+    expected = _sampled(oracle, PROMPTS[1], parameters["seed"], do_sample=True, **kwargs)
+    answer = engine.query(
+        "tiny/gpt2", {"inputs": PROMPTS[1], "parameters": parameters, "options": {"use_cache": False}}
+    )
+    assert answer == expected and len(answer) == parameters.get("num_return_sequences", 1)
+
+
+def test_without_seed_the_cache_answers_and_use_cache_false_samples_anew(engine):
+    payload = {"inputs": "I like you.", "parameters": {"max_new_tokens": 12, "temperature": 1.5}}
+    first = engine.query("tiny/gpt2", payload)
+    assert engine.query("tiny/gpt2", payload) == first
+    fresh = [engine.query("tiny/gpt2", {**payload, "options": {"use_cache": False}}) for _ in range(3)]
+    assert any(f != first for f in fresh)
+
+
+def test_stop_sequences_as_the_pipeline_stops(engine, oracle):
+    plain = oracle(PROMPTS[0], do_sample=False, max_new_tokens=8)[0]["generated_text"]
+    stop = plain[len(PROMPTS[0]) + 3 : len(PROMPTS[0]) + 5]
+    expected = oracle(PROMPTS[0], do_sample=False, max_new_tokens=8, stop_strings=[stop], tokenizer=oracle.tokenizer)
+    answer = engine.query(
+        "tiny/gpt2", {"inputs": PROMPTS[0], "parameters": {"do_sample": False, "max_new_tokens": 8, "stop": [stop]}}
+    )
+    assert answer == expected and len(answer[0]["generated_text"]) < len(plain)
+
+
+def test_max_new_tokens_zero_as_the_pipeline(engine, oracle):
+    """The pipeline refuses it (generate wants at least one new token): a 400 with its reason."""
+    parameters = {"do_sample": False, "max_new_tokens": 0}
+    with pytest.raises(ValueError, match="must be greater than 0") as refused:
+        oracle(PROMPTS[0], **parameters)
+    with pytest.raises(BadRequestError) as info:
+        engine.query("tiny/gpt2", {"inputs": PROMPTS[0], "parameters": parameters})
+    assert str(refused.value) in info.value.body["error"]
+
+
+def test_max_time_stops_a_long_generation_near_the_limit(engine):
+    parameters = {"do_sample": False, "max_new_tokens": 250, "return_full_text": False}
+    engine.preload("tiny/gpt2-long")
+    started = time.perf_counter()
+    full = engine.query("tiny/gpt2-long", {"inputs": "Today is", "parameters": parameters})[0]["generated_text"]
+    full_seconds = time.perf_counter() - started
+    limit = full_seconds / 5
+    started = time.perf_counter()
+    cut = engine.query(
+        "tiny/gpt2-long",
+        {"inputs": "Today is", "parameters": {**parameters, "max_time": limit}, "options": {"use_cache": False}},
+    )[0]["generated_text"]
+    elapsed = time.perf_counter() - started
+    assert len(cut) < len(full) and full.startswith(cut)
+    assert elapsed < limit + 0.25, (elapsed, limit, full_seconds)
+
+
+def test_the_onnx_route_reuses_past_key_values(engine):
+    model = engine.preload("tiny/gpt2")
+    assert model.runner.backend == "onnx" and model.runner.model.use_cache
+    inputs = [i.name for i in model.runner.model.session.get_inputs()]
+    assert any(name.startswith("past_key_values") for name in inputs), inputs
+
+
+def test_torch_backend_answers_the_same(engine, torch_engine):
+    payload = {"inputs": PROMPTS, "parameters": {"do_sample": False, "max_new_tokens": 8}}
+    assert torch_engine.query("tiny/gpt2", payload) == engine.query("tiny/gpt2", payload)
+
+
+def test_long_prompt_keeps_its_end(engine, oracle):
+    prompt = " ".join(["That is a happy person."] * 40)
+    parameters = {"do_sample": False, "max_new_tokens": 8, "return_full_text": False}
+    expected = oracle(prompt, handle_long_generation="hole", **parameters)
+    assert_close(engine.query("tiny/gpt2", {"inputs": prompt, "parameters": parameters}), expected)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "field"),
+    [
+        ({"top_k": 0}, "parameters.top_k"),
+        ({"top_p": 1.5}, "parameters.top_p"),
+        ({"temperature": 101}, "parameters.temperature"),
+        ({"temperature": -0.1}, "parameters.temperature"),
+        ({"repetition_penalty": 100.5}, "parameters.repetition_penalty"),
+        ({"max_new_tokens": 251}, "parameters.max_new_tokens"),
+        ({"max_new_tokens": -1}, "parameters.max_new_tokens"),
+        ({"max_time": 121}, "parameters.max_time"),
+        ({"num_return_sequences": 11}, "parameters.num_return_sequences"),
+        ({"num_return_sequences": 0}, "parameters.num_return_sequences"),
+        ({"num_return_sequences": 2, "do_sample": False}, "parameters.num_return_sequences: more than 1 needs"),
+        ({"return_full_text": "no"}, "parameters.return_full_text"),
+        ({"stop": "x"}, "parameters.stop"),
+        ({"seed": 1.5}, "parameters.seed"),
+        ({"max_new_tokens": 200, "do_sample": False}, "parameters: We cannot use `hole`"),
+        ({"best_of": 2}, "parameters.best_of: unknown parameter"),
+    ],
+)
+def test_bad_parameters_are_400_naming_them(engine, parameters, field):
+    with pytest.raises(BadRequestError) as info:
+        engine.query("tiny/gpt2", {"inputs": "hi", "parameters": parameters})
+    assert field in info.value.body["error"]
