@@ -27,8 +27,8 @@ class Runner(Protocol):
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]: ...
 
 
-class Generator(Protocol):
-    """A generative model: `model` has transformers' `generate` (optimum's ORT model, or the PyTorch one)."""
+class PipelineModel(Protocol):
+    """A model for a transformers pipeline: optimum's ONNX Runtime model class, or the PyTorch model."""
 
     backend: str
     compute_type: str
@@ -41,7 +41,7 @@ class LoadedModel:
 
     spec: ModelSpec
     kind: ExportKind
-    runner: Any  # a Runner, or a Generator when kind.generates
+    runner: Any  # a Runner, or a PipelineModel when kind.ort_class is set
     config: dict[str, Any]
     files: Path  # the folder with the tokenizer/processor files the runner goes with
     load_seconds: float = 0.0
@@ -67,23 +67,22 @@ def load_model(
     started = time.perf_counter()
     config = read_json(spec.path / "config.json")
     if spec.backend == "torch":
-        from .torch import TorchGenerator, TorchRunner
+        from .torch import TorchPipelineModel, TorchRunner
 
-        runner: Runner = TorchGenerator(spec.path, kind) if kind.generates else TorchRunner(spec.path, kind)
+        runner: Runner = TorchPipelineModel(spec.path, kind) if kind.ort_class else TorchRunner(spec.path, kind)
         files = spec.path
     else:
-        from .onnx import OnnxGenerator, OnnxRunner
+        from .onnx import OnnxPipelineModel, OnnxRunner
 
         folder = onnx_location(spec, kind, home, fingerprint)
         if not folder.is_dir():
             export_onnx(spec.path, kind, folder)
-        runner = (
-            OnnxGenerator(folder, kind, threads=threads)
-            if kind.generates
-            else OnnxRunner(folder / "model.onnx", threads=threads)
-        )
+        if kind.ort_class:
+            runner = OnnxPipelineModel(folder, kind, threads=threads)
+        else:
+            runner = OnnxRunner(folder / "model.onnx", threads=threads)
         files = folder if (folder / "tokenizer.json").is_file() else spec.path
     return LoadedModel(spec, kind, runner, config, files, time.perf_counter() - started)
 
 
-__all__ = ["ExportKind", "Generator", "LoadedModel", "Runner", "folder_fingerprint", "load_model", "onnx_location"]
+__all__ = ["ExportKind", "LoadedModel", "PipelineModel", "Runner", "folder_fingerprint", "load_model", "onnx_location"]

@@ -23,16 +23,14 @@ class ExportKind:
     """How a model is exported for a task: optimum's task name and library, or a custom exporter.
 
     `exporter` names an entry of CUSTOM_EXPORTERS for architectures optimum cannot export.
+    `ort_class` names the optimum ONNX Runtime model class that runs the export inside a transformers
+    pipeline (generation, audio, vision); without it, one ONNX Runtime session runs `model.onnx`.
     """
 
     task: str
     library: str = "transformers"
     exporter: str = "optimum"
-
-    @property
-    def generates(self) -> bool:
-        """Exported with past key/values for generation (several ONNX files, run through `generate`)."""
-        return self.task.endswith("-with-past")
+    ort_class: str | None = None
 
 
 # name -> "module:function(model folder, output folder)": exporters for models optimum cannot export.

@@ -68,25 +68,23 @@ class OnnxRunner:
         return dict(zip(names, self.session.run(names, inputs), strict=True))
 
 
-# optimum's ONNX Runtime model class for each generative export task.
-_GENERATOR_CLASSES = {
-    "text-generation-with-past": "ORTModelForCausalLM",
-    "text2text-generation-with-past": "ORTModelForSeq2SeqLM",
-    "automatic-speech-recognition-with-past": "ORTModelForSpeechSeq2Seq",
-}
+class OnnxPipelineModel:
+    """An export run by optimum's ONNX Runtime model class (`kind.ort_class`), for a transformers pipeline.
 
-
-class OnnxGenerator:
-    """A generative export run by optimum's ONNX Runtime model, whose `generate` reuses past key/values."""
+    For generation, the class's `generate` feeds past key/values back, one new token per step.
+    """
 
     backend = "onnx"
 
     def __init__(self, folder: Path, kind: ExportKind, *, threads: int | None = None) -> None:
         import optimum.onnxruntime as ort_models
 
-        model_class = getattr(ort_models, _GENERATOR_CLASSES[kind.task])
         names = providers()
+        model_class = getattr(ort_models, kind.ort_class)
+        options = {"use_cache": True} if kind.task.endswith("-with-past") else {}
         self.model = model_class.from_pretrained(
-            folder, providers=names, session_options=session_options(threads), use_cache=True, local_files_only=True
+            folder, providers=names, session_options=session_options(threads), local_files_only=True, **options
         )
+        if kind.ort_class == "ORTModelForCTC":  # the ASR pipeline reads it; optimum-onnx 0.1 does not set it
+            self.model.main_input_name = "input_values"
         self.compute_type = "gpu+optimized" if names[0].startswith("CUDA") else "cpu+optimized"

@@ -56,8 +56,8 @@ class TorchRunner:
         return {k: v.float().cpu().numpy() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
 
 
-class TorchGenerator:
-    """The PyTorch generative model for a `*-with-past` kind; `model.generate` as transformers gives it."""
+class TorchPipelineModel:
+    """The PyTorch model that optimum would export for `kind`, for a transformers pipeline."""
 
     backend = "torch"
 

@@ -59,7 +59,9 @@ class Conversational(Task):
     Parameters = ConversationalParameters
 
     def export_kind(self, folder: Path) -> ExportKind:
-        return ExportKind("text2text-generation-with-past" if _encoder_decoder(folder) else "text-generation-with-past")
+        if _encoder_decoder(folder):
+            return ExportKind("text2text-generation-with-past", ort_class="ORTModelForSeq2SeqLM")
+        return ExportKind("text-generation-with-past", ort_class="ORTModelForCausalLM")
 
     def run(self, model: LoadedModel, inputs: Conversation, parameters: ConversationalParameters) -> dict:
         import torch

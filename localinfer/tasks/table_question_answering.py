@@ -54,7 +54,7 @@ class TableQuestionAnswering(Task):
     def export_kind(self, folder: Path) -> ExportKind:
         if _is_tapas(folder):
             return ExportKind("table-question-answering", exporter="tapas")
-        return ExportKind("text2text-generation-with-past")
+        return ExportKind("text2text-generation-with-past", ort_class="ORTModelForSeq2SeqLM")
 
     def run(self, model: LoadedModel, inputs: Any, parameters: TableQuestionAnsweringParameters) -> Any:
         items = inputs if isinstance(inputs, list) else [inputs]

@@ -43,7 +43,7 @@ class _Seq2Seq(Task):
     pipeline_task = "text2text-generation"
 
     def export_kind(self, folder: Path) -> ExportKind:
-        return ExportKind("text2text-generation-with-past")
+        return ExportKind("text2text-generation-with-past", ort_class="ORTModelForSeq2SeqLM")
 
     def kwargs(self, model: LoadedModel, parameters: Any) -> dict[str, Any]:
         return generate_kwargs(parameters)

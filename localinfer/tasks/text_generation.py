@@ -42,7 +42,7 @@ class TextGeneration(Task):
     Parameters = TextGenerationParameters
 
     def export_kind(self, folder: Path) -> ExportKind:
-        return ExportKind("text-generation-with-past")
+        return ExportKind("text-generation-with-past", ort_class="ORTModelForCausalLM")
 
     def run(self, model: LoadedModel, inputs: str | list[str], parameters: TextGenerationParameters) -> Any:
         pipe = generation_pipeline(model, "text-generation")

@@ -1,0 +1,64 @@
+"""Audio and image decoding, and mask encoding, as the hosted API decoded request bodies."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequestError
+
+
+def decode_audio(data: bytes, sampling_rate: int) -> np.ndarray:
+    """Any container and codec FFmpeg reads -> mono float32 at `sampling_rate`.
+
+    PyAV bundles FFmpeg, so no system package is needed; its resampler mixes the channels down
+    and converts the rate, as ffmpeg's `-ac 1 -ar <rate> -f f32le` did for the hosted API.
+    """
+    import av
+
+    if not data:
+        raise BadRequestError("Malformed soundfile")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise BadRequestError("Malformed soundfile")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
+            chunks = []
+            for frame in container.decode(stream):
+                for resampled in resampler.resample(frame):
+                    chunks.append(resampled.to_ndarray().reshape(-1))
+            for resampled in resampler.resample(None):  # flush what the resampler holds back
+                chunks.append(resampled.to_ndarray().reshape(-1))
+    except BadRequestError:
+        raise
+    except Exception:  # PyAV raises a family of FFmpeg errors for bytes that are not audio
+        raise BadRequestError("Malformed soundfile") from None
+    if not chunks:
+        raise BadRequestError("Malformed soundfile")
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def decode_image(data: bytes) -> Any:
+    """Any image Pillow reads -> an RGB image, EXIF orientation applied (as the transformers pipelines load them)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise BadRequestError("inputs: the body is not an image Pillow can read") from None
+
+
+def encode_mask(mask: Any) -> str:
+    """A mask (PIL image or array) -> base64 PNG, single channel (mode L)."""
+    from PIL import Image
+
+    image = mask if isinstance(mask, Image.Image) else Image.fromarray(np.asarray(mask).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.convert("L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
