@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import BadRequestError
 from ..registry import check_task_name
+from .audio import AudioClassification, AutomaticSpeechRecognition
 from .base import Task
 from .conversational import Conversational
 from .feature_extraction import FeatureExtraction
@@ -15,11 +16,17 @@ from .text2text_generation import Summarization, Text2TextGeneration, Translatio
 from .text_classification import TextClassification
 from .text_generation import TextGeneration
 from .token_classification import TokenClassification
+from .vision import ImageClassification, ImageSegmentation, ObjectDetection
 from .zero_shot_classification import ZeroShotClassification
 
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
+        AudioClassification(),
+        AutomaticSpeechRecognition(),
+        ImageClassification(),
+        ImageSegmentation(),
+        ObjectDetection(),
         Conversational(),
         FeatureExtraction(),
         FillMask(),

@@ -69,3 +69,27 @@ def text_tokenizer(
             model.files, model.config, max_length=max_length, lowercase=lowercase, truncation=truncation, stride=stride
         )
     return model.state[key]
+
+
+def task_pipeline(model: LoadedModel, task: str, *parts: str) -> Any:
+    """The transformers pipeline of `task` around the loaded model (ONNX Runtime or PyTorch), built once.
+
+    `parts` are the preprocessors it takes from the model's folder: "tokenizer", "feature_extractor",
+    "image_processor".
+    """
+    key = ("pipeline", task)
+    if key not in model.state:
+        import transformers
+
+        loaders = {
+            "tokenizer": transformers.AutoTokenizer,
+            "feature_extractor": transformers.AutoFeatureExtractor,
+            "image_processor": transformers.AutoImageProcessor,
+        }
+        components = {part: loaders[part].from_pretrained(model.files) for part in parts}
+        if model.runner.backend == "onnx":
+            from optimum.onnxruntime import pipeline
+        else:
+            from transformers import pipeline
+        model.state[key] = pipeline(task, model=model.runner.model, **components)
+    return model.state[key]

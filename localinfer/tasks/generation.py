@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..errors import BadRequestError
 from ..runtime import LoadedModel
-from .base import Parameters
+from .base import Parameters, task_pipeline
 
 _rng_lock = threading.Lock()
 
@@ -78,18 +78,7 @@ def seeded(seed: int | None) -> Iterator[None]:
 
 
 def generation_pipeline(model: LoadedModel, task: str) -> Any:
-    """The transformers pipeline of `task` around the loaded model (ONNX Runtime or PyTorch), built once."""
-    key = ("pipeline", task)
-    if key not in model.state:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model.files)
-        if model.runner.backend == "onnx":
-            from optimum.onnxruntime import pipeline
-        else:
-            from transformers import pipeline
-        model.state[key] = pipeline(task, model=model.runner.model, tokenizer=tokenizer)
-    return model.state[key]
+    return task_pipeline(model, task, "tokenizer")
 
 
 def run_pipeline(pipe: Any, inputs: Any, seed: int | None, **kwargs: Any) -> Any:
