@@ -175,7 +175,6 @@ def test_model_failure_is_500_without_traceback(engine, monkeypatch):
     [
         ("nobody/nothing", "hi", None, ModelNotFoundError, "Model nobody/nothing not found"),
         (CLASSIFIER, "hi", "dancing", BadRequestError, "unknown task 'dancing'"),
-        (CLASSIFIER, "hi", "image-classification", BadRequestError, "task 'image-classification' is not supported yet"),
         ("tiny/st-cls", b'{"inputs": {"source_sentence": ', None, BadRequestError, "inputs"),
         (CLASSIFIER, b"\xc3\x28 invalid", None, BadRequestError, "UTF-8"),
         (CLASSIFIER, {"parameters": {"top_k": 1}}, None, BadRequestError, "inputs"),
