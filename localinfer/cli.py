@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="export a model to ONNX ahead of time")
     export.add_argument("model_id")
     export.add_argument("--task", help="override the model's task")
+    serve = commands.add_parser("serve", help="serve the hosted Inference API's routes over HTTP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("LOCALINFER_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' (default: $LOCALINFER_TOKEN; none: any token)",
+    )
+    serve.add_argument("--no-preload", action="store_true", help="load models on first request, not at start-up")
+    serve.add_argument("--max-body-size", type=int, default=50 * 1024 * 1024, help="bytes; larger bodies are 413")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -42,6 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("transformers", "optimum", "torch", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
+        if args.command == "serve":  # as the hosted API: 503 while a model loads, unless wait_for_model
+            from .server import serve
+
+            engine = LocalInference(args.models, args.home, emulate_loading=True, allow_paths=False)
+            serve(
+                engine,
+                host=args.host,
+                port=args.port,
+                token=args.token,
+                max_body_bytes=args.max_body_size,
+                preload=not args.no_preload,
+            )
+            return 0
         engine = LocalInference(args.models, args.home)
         if args.command == "query":
             result = engine.query(args.model_id, _payload(args.data), task=args.task)

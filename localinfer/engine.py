@@ -14,7 +14,8 @@ from typing import Any
 
 from .cache import ResultCache, cache_key
 from .errors import InferenceError, ModelFailureError, ModelLoadingError
-from .payload import parse_payload
+from .media import audio_seconds
+from .payload import Options, parse_payload
 from .registry import ModelSpec, Registry, check_task_name, infer_task
 from .runtime import ExportKind, LoadedModel, folder_fingerprint, load_model, onnx_location
 from .tasks import Task, get_task
@@ -52,6 +53,9 @@ class Answer:
     cached: bool
     compute_type: str
     seconds: float
+    media: str | None = None  # "audio" or "image" for media tasks
+    characters: int = 0  # characters of text in the inputs
+    audio_seconds: float = 0.0
 
 
 class LocalInference:
@@ -90,11 +94,18 @@ class LocalInference:
         """The contract's JSON answer to `payload` from `model_id`; raises InferenceError."""
         return self.answer(model_id, payload, task=task).result
 
-    def answer(self, model_id: str, payload: Any, *, task: str | None = None) -> Answer:
-        """As `query`, with whether the cache answered and what computed it."""
+    def answer(
+        self, model_id: str, payload: Any, *, task: str | None = None, options: dict[str, bool] | None = None
+    ) -> Answer:
+        """As `query`, with whether the cache answered and what computed it.
+
+        `options` override the payload's (the HTTP adapter takes them from headers).
+        """
         started = time.perf_counter()
         spec, handler, kind = self._resolve(model_id, task)
-        request = parse_payload(payload, media=handler.media)
+        request = parse_payload(payload, media=handler.media is not None)
+        if options:
+            request.options = request.options.model_copy(update=Options.model_validate(options).model_dump())
         inputs, parameters = handler.validate(request.inputs, request.parameters)
         key = cache_key(
             model=spec.model_id,
@@ -107,7 +118,9 @@ class LocalInference:
         if request.options.use_cache:
             hit = self.cache.get(key)
             if hit is not None:
-                return Answer(hit, handler.name, True, "cache", time.perf_counter() - started)
+                return self._usage(
+                    Answer(hit, handler.name, True, "cache", time.perf_counter() - started), handler, request.inputs
+                )
         model = self._loaded(spec, handler, kind, wait=request.options.wait_for_model)
         try:
             result = handler.run(model, inputs, parameters)
@@ -117,7 +130,30 @@ class LocalInference:
             log.exception("model %s failed on task %s", model_id, handler.name)
             raise ModelFailureError(f"{type(exc).__name__}: {exc}") from exc
         self.cache.set(key, result)
-        return Answer(result, handler.name, False, model.runner.compute_type, time.perf_counter() - started)
+        answer = Answer(result, handler.name, False, model.runner.compute_type, time.perf_counter() - started)
+        return self._usage(answer, handler, request.inputs)
+
+    @staticmethod
+    def _usage(answer: Answer, handler: Task, inputs: Any) -> Answer:
+        """What the work was: characters of text, seconds of audio, or an image (the hosted API's headers)."""
+        if handler.media:
+            answer.media = handler.media
+            if answer.media == "audio":
+                answer.audio_seconds = audio_seconds(inputs)
+        else:
+            answer.characters = _characters(inputs)
+        return answer
+
+    def start_loading(self, model_id: str, *, task: str | None = None) -> None:
+        """Begin loading a model in the background (a server's preload); returns at once."""
+        spec, handler, kind = self._resolve(model_id, task)
+        with self._lock:
+            if (spec.model_id, spec.path, spec.backend, kind) in self._loads:
+                return
+        try:
+            self._loaded(spec, handler, kind, wait=False, emulate=True)
+        except ModelLoadingError:
+            pass
 
     def preload(self, model_id: str, *, task: str | None = None) -> LoadedModel:
         """Load (and export, if needed) a model now, waiting for it."""
@@ -171,7 +207,9 @@ class LocalInference:
 
     # -- loading ---------------------------------------------------------------------------------
 
-    def _loaded(self, spec: ModelSpec, handler: Task, kind: ExportKind, *, wait: bool) -> LoadedModel:
+    def _loaded(
+        self, spec: ModelSpec, handler: Task, kind: ExportKind, *, wait: bool, emulate: bool | None = None
+    ) -> LoadedModel:
         key = (spec.model_id, spec.path, spec.backend, kind)
         with self._lock:
             entry = self._loads.get(key)
@@ -180,7 +218,7 @@ class LocalInference:
                 future = self._executor.submit(self._load, spec, kind)
                 entry = self._loads[key] = (future, time.monotonic(), estimate)
         future, since, estimate = entry
-        if not future.done() and self.emulate_loading and not wait:
+        if not future.done() and (self.emulate_loading if emulate is None else emulate) and not wait:
             raise ModelLoadingError(spec.model_id, max(estimate - (time.monotonic() - since), 0.1))
         try:
             return future.result()
@@ -228,3 +266,14 @@ class LocalInference:
                 os.replace(tmp, path)
             except OSError:
                 pass  # only an estimate is lost
+
+
+def _characters(inputs: Any) -> int:
+    """Characters of every string in the inputs."""
+    if isinstance(inputs, str):
+        return len(inputs)
+    if isinstance(inputs, dict):
+        return sum(_characters(v) for v in inputs.values())
+    if isinstance(inputs, list):
+        return sum(_characters(v) for v in inputs)
+    return 0

@@ -42,6 +42,19 @@ def decode_audio(data: bytes, sampling_rate: int) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32)
 
 
+def audio_seconds(data: Any) -> float:
+    """The duration the container declares (0 when it declares none or is not audio)."""
+    if not isinstance(data, bytes):
+        return 0.0
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            return (container.duration or 0) / 1_000_000
+    except Exception:
+        return 0.0
+
+
 def decode_image(data: bytes) -> Any:
     """Any image Pillow reads -> an RGB image, EXIF orientation applied (as the transformers pipelines load them)."""
     from PIL import Image, ImageOps, UnidentifiedImageError

@@ -33,7 +33,7 @@ class AutomaticSpeechRecognition(Task):
     name = "automatic-speech-recognition"
     Inputs = bytes
     Parameters = SpeechRecognitionParameters
-    media = True
+    media = "audio"
 
     def export_kind(self, folder: Path) -> ExportKind:
         architectures = read_json(folder / "config.json").get("architectures") or []
@@ -67,7 +67,7 @@ class AudioClassification(Task):
     name = "audio-classification"
     Inputs = bytes
     Parameters = ClassificationParameters
-    media = True
+    media = "audio"
 
     def export_kind(self, folder: Path) -> ExportKind:
         return ExportKind("audio-classification", ort_class="ORTModelForAudioClassification")

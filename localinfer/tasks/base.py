@@ -28,7 +28,7 @@ class Task(ABC):
     name: ClassVar[str]
     Inputs: ClassVar[Any]
     Parameters: ClassVar[type[Parameters]] = Parameters
-    media: ClassVar[bool] = False  # takes raw file bytes
+    media: ClassVar[str | None] = None  # "audio" or "image": the body is that file's bytes
 
     def __init__(self) -> None:
         self._inputs = TypeAdapter(self.Inputs)

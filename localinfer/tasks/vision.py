@@ -20,7 +20,7 @@ class ImageClassification(Task):
     name = "image-classification"
     Inputs = bytes
     Parameters = ClassificationParameters
-    media = True
+    media = "image"
 
     def export_kind(self, folder: Path) -> ExportKind:
         return ExportKind("image-classification", ort_class="ORTModelForImageClassification")
@@ -44,7 +44,7 @@ class ObjectDetection(Task):
     name = "object-detection"
     Inputs = bytes
     Parameters = DetectionParameters
-    media = True
+    media = "image"
 
     def export_kind(self, folder: Path) -> ExportKind:
         return ExportKind("object-detection", ort_class="ORTModelForCustomTasks")
@@ -72,7 +72,7 @@ class ImageSegmentation(Task):
     name = "image-segmentation"
     Inputs = bytes
     Parameters = SegmentationParameters
-    media = True
+    media = "image"
 
     def export_kind(self, folder: Path) -> ExportKind:
         config = read_json(folder / "config.json")
