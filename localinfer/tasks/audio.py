@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..media import decode_audio
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
-from .base import Parameters, Task, task_pipeline
+from .base import FunctionToApply, Parameters, Task, task_pipeline
 
 
 def _audio(model: LoadedModel, data: bytes, pipe: Any) -> dict[str, Any]:
@@ -53,12 +53,7 @@ class AutomaticSpeechRecognition(Task):
 
 class ClassificationParameters(Parameters):
     top_k: Annotated[int, Field(ge=1)] = 5
-    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
-
-    @field_validator("function_to_apply", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
+    function_to_apply: FunctionToApply | None = None
 
 
 class AudioClassification(Task):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
 from ..errors import BadRequestError
 from ..payload import format_validation_error
@@ -14,6 +14,15 @@ from ..runtime import ExportKind, LoadedModel
 from ..text import TextTokenizer
 
 BATCH_SIZE = 32
+
+
+def lowercase(value: Any) -> Any:
+    """Strings lower-cased: parameters the pipelines take in any case."""
+    return value.lower() if isinstance(value, str) else value
+
+
+# `function_to_apply` as the transformers pipelines take it: any case.
+FunctionToApply = Annotated[Literal["sigmoid", "softmax", "none"], BeforeValidator(lowercase)]
 
 
 class Parameters(BaseModel):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .base import Task
-from .generation import SamplingParameters, generate_kwargs, seeded
+from .generation import LengthParameters, generate_kwargs, seeded
 from .text_generation import max_new_tokens
 
 
@@ -36,15 +36,8 @@ class Conversation(BaseModel):
         return self
 
 
-class ConversationalParameters(SamplingParameters):
-    min_length: Annotated[int, Field(ge=1, le=500)] | None = None  # of the reply, in tokens
-    max_length: Annotated[int, Field(ge=1, le=500)] | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ConversationalParameters:
-        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
-            raise ValueError(f"min_length ({self.min_length}) must not exceed max_length ({self.max_length})")
-        return self
+class ConversationalParameters(LengthParameters):
+    """min_length / max_length bound the reply, in tokens."""
 
 
 def _encoder_decoder(folder: Path) -> bool:

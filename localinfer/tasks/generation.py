@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import BadRequestError
 from ..runtime import LoadedModel
@@ -32,6 +32,19 @@ class SamplingParameters(Parameters):
     max_time: Annotated[float, Field(ge=0, le=120)] | None = None
     do_sample: bool | None = None  # None: the model's own generation config decides
     seed: int | None = None
+
+
+class LengthParameters(SamplingParameters):
+    """`min_length` / `max_length` in tokens, 1-500, the first not above the second."""
+
+    min_length: Annotated[int, Field(ge=1, le=500)] | None = None
+    max_length: Annotated[int, Field(ge=1, le=500)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LengthParameters:
+        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
+            raise ValueError(f"min_length ({self.min_length}) must not exceed max_length ({self.max_length})")
+        return self
 
 
 class SequencesParameters(SamplingParameters):

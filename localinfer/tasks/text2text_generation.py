@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ..errors import BadRequestError
 from ..runtime import ExportKind, LoadedModel
 from .base import Task
-from .generation import SequencesParameters, generate_kwargs, generation_pipeline, run_pipeline
+from .generation import LengthParameters, SequencesParameters, generate_kwargs, generation_pipeline, run_pipeline
 from .text_generation import max_new_tokens
 
 Texts = str | Annotated[list[str], Field(min_length=1)]
@@ -20,15 +20,8 @@ class Text2TextParameters(SequencesParameters):
     max_new_tokens: Annotated[int, Field(ge=0, le=250)] | None = None
 
 
-class SummarizationParameters(SequencesParameters):
-    min_length: Annotated[int, Field(ge=1, le=500)] | None = None
-    max_length: Annotated[int, Field(ge=1, le=500)] | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> SummarizationParameters:
-        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
-            raise ValueError(f"min_length ({self.min_length}) must not exceed max_length ({self.max_length})")
-        return self
+class SummarizationParameters(LengthParameters, SequencesParameters):
+    pass
 
 
 class TranslationParameters(Text2TextParameters):

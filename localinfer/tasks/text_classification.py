@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime import ExportKind, LoadedModel
 from ..text import run_batched
-from .base import BATCH_SIZE, Parameters, Task, text_tokenizer
+from .base import BATCH_SIZE, FunctionToApply, Parameters, Task, text_tokenizer
 
 
 class TextPair(BaseModel):
@@ -21,12 +21,7 @@ class TextPair(BaseModel):
 
 class TextClassificationParameters(Parameters):
     top_k: Annotated[int, Field(ge=1)] | None = None
-    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
-
-    @field_validator("function_to_apply", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:  # the pipeline takes any case
-        return value.lower() if isinstance(value, str) else value
+    function_to_apply: FunctionToApply | None = None
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -11,26 +11,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field
 
 from ..errors import BadRequestError
 from ..runtime import ExportKind, LoadedModel
 from ..text import TextTokenizer, run_batched
-from .base import BATCH_SIZE, Parameters, Task, text_tokenizer
+from .base import BATCH_SIZE, Parameters, Task, lowercase, text_tokenizer
 from .text_classification import softmax
 
 Strategy = Literal["none", "simple", "first", "average", "max"]
 
 
 class TokenClassificationParameters(Parameters):
-    aggregation_strategy: Strategy = "simple"
+    aggregation_strategy: Annotated[Strategy, BeforeValidator(lowercase)] = "simple"
     ignore_labels: list[str] = ["O"]
     stride: Annotated[int, Field(ge=0)] | None = None
-
-    @field_validator("aggregation_strategy", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:  # the pipeline takes any case
-        return value.lower() if isinstance(value, str) else value
 
 
 class TokenClassification(Task):
