@@ -60,7 +60,8 @@ def test_object_detection_equals_the_pipeline(engine, tiny, name, threshold):
         assert answer
 
 
-def _masks_equal(answer, expected):
+def _masks_equal(answer, expected, flipped: float = 0.0):
+    """Labels and scores equal, masks equal pixel for pixel (up to a `flipped` share of tie flips)."""
     from PIL import Image
 
     assert len(answer) == len(expected)
@@ -71,13 +72,15 @@ def _masks_equal(answer, expected):
             assert abs(ours["score"] - theirs["score"]) < 1e-4
         mask = Image.open(io.BytesIO(base64.b64decode(ours["mask"])))
         assert mask.mode == "L" and mask.size == theirs["mask"].size
-        assert np.array_equal(np.asarray(mask), np.asarray(theirs["mask"]))
+        differ = np.mean(np.asarray(mask) != np.asarray(theirs["mask"]))
+        assert differ <= flipped, differ
 
 
 @pytest.mark.parametrize(
     ("name", "parameters"),
     [
         ("segformer", {}),
+        ("mobilevit", {}),
         ("maskformer", {"subtask": "semantic"}),
         ("maskformer", {"subtask": "instance", "threshold": 0.0}),
         ("maskformer", {"subtask": "panoptic", "threshold": 0.0, "overlap_mask_area_threshold": 0.2}),
@@ -90,6 +93,16 @@ def test_image_segmentation_equals_the_pipeline(engine, tiny, name, parameters):
     answer = engine.query(f"tiny/{name}", {"inputs": base64.b64encode(JPEG).decode(), "parameters": parameters})
     _masks_equal(answer, expected)
     assert answer or parameters.get("subtask") == "panoptic"  # the random MaskFormer finds no panoptic segment
+
+
+@pytest.mark.parametrize("parameters", [{}, {"threshold": 0.5, "overlap_mask_area_threshold": 0.3}])
+def test_detr_panoptic_equals_the_pipeline_but_for_tie_flips(engine, tiny, parameters):
+    """The random model's queries are nearly tied, so a few pixels' argmax over queries may flip (shared notes)."""
+    oracle = _oracle(tiny, "image-segmentation", "detr-panoptic")
+    expected = oracle(decode_image(JPEG), **parameters)
+    answer = engine.query("tiny/detr-panoptic", {"inputs": base64.b64encode(JPEG).decode(), "parameters": parameters})
+    assert answer
+    _masks_equal(answer, expected, flipped=0.001)
 
 
 def test_torch_backend_answers_the_same(engine, torch_engine):
