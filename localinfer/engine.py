@@ -118,9 +118,8 @@ class LocalInference:
         if request.options.use_cache:
             hit = self.cache.get(key)
             if hit is not None:
-                return self._usage(
-                    Answer(hit, handler.name, True, "cache", time.perf_counter() - started), handler, request.inputs
-                )
+                answer = Answer(hit, handler.name, True, self._compute_type(spec, kind), time.perf_counter() - started)
+                return self._usage(answer, handler, request.inputs)
         model = self._loaded(spec, handler, kind, wait=request.options.wait_for_model)
         try:
             result = handler.run(model, inputs, parameters)
@@ -143,6 +142,14 @@ class LocalInference:
         else:
             answer.characters = _characters(inputs)
         return answer
+
+    def _compute_type(self, spec: ModelSpec, kind: ExportKind) -> str:
+        """What computes this model's answers: the loaded runner's type, else what its backend would be."""
+        with self._lock:
+            entry = self._loads.get((spec.model_id, spec.path, spec.backend, kind))
+        if entry is not None and entry[0].done() and entry[0].exception() is None:
+            return entry[0].result().runner.compute_type
+        return "cpu+optimized" if spec.backend == "onnx" else "cpu"
 
     def start_loading(self, model_id: str, *, task: str | None = None) -> None:
         """Begin loading a model in the background (a server's preload); returns at once."""

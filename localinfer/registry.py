@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import BadRequestError, InferenceError, ModelNotFoundError

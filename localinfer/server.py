@@ -33,7 +33,7 @@ def _header_flag(request: Request, name: str) -> bool | None:
     return None if value is None else value.strip().lower() in ("1", "true", "yes")
 
 
-def _usage_headers(answer: Answer, payload: bytes) -> dict[str, str]:
+def _usage_headers(answer: Answer) -> dict[str, str]:
     """What the hosted API reported of the work: characters of text, seconds of audio, or images."""
     if answer.media == "image":
         return {"x-compute-images": "1"}
@@ -74,7 +74,7 @@ def create_app(
             "x-compute-time": f"{time.perf_counter() - started:.3f}",
             "x-compute-type": answer.compute_type,
             "x-cache": "hit" if answer.cached else "miss",
-            **_usage_headers(answer, body),
+            **_usage_headers(answer),
         }
         return _json(answer.result, 200, headers)
 

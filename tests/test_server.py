@@ -85,8 +85,7 @@ def server(setup):
     toml, home = setup
     running = Server(toml, home, "--no-preload")
     yield running
-    log = running.stop()
-    assert "Traceback" not in log.split("unexpected failure")[0] or True
+    running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +154,7 @@ def test_contract_examples_answer_what_query_answers(server, engine_here, model_
     assert response.status_code == 200, response.text
     assert_close(response.json(), engine_here.query(model_id, payload), 1e-5)
     assert float(response.headers["x-compute-time"]) >= 0
-    assert response.headers["x-compute-type"] in {"cpu", "cpu+optimized", "gpu", "gpu+optimized", "cache"}
+    assert response.headers["x-compute-type"] in {"cpu", "cpu+optimized", "gpu", "gpu+optimized"}
     assert int(response.headers["x-compute-characters"]) > 0
     assert response.headers["x-cache"] in {"hit", "miss"}
 
