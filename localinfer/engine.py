@@ -105,7 +105,7 @@ class LocalInference:
         spec, handler, kind = self._resolve(model_id, task)
         request = parse_payload(payload, media=handler.media is not None)
         if options:
-            request.options = request.options.model_copy(update=Options.model_validate(options).model_dump())
+            request.options = Options.model_validate({**request.options.model_dump(), **options})
         inputs, parameters = handler.validate(request.inputs, request.parameters)
         key = cache_key(
             model=spec.model_id,

@@ -203,6 +203,9 @@ def test_the_three_routes_and_the_cache_header(server):
         f"{server.url}/models/{MINILM}", json=payload, headers={**WAIT, "x-use-cache": "false"}, timeout=120
     )
     assert fresh.headers["x-cache"] == "miss"
+    in_body = {**payload, "options": {"use_cache": False}}  # a header for one option keeps the body's others
+    again = requests.post(f"{server.url}/models/{MINILM}", json=in_body, headers=WAIT, timeout=60)
+    assert again.headers["x-cache"] == "miss"
 
 
 def test_raw_text_body(server, engine_here):
