@@ -236,8 +236,11 @@ class LocalInference:
             raise ModelFailureError(f"Model {spec.model_id} failed to load: {type(exc).__name__}: {exc}") from exc
 
     def _load(self, spec: ModelSpec, kind: ExportKind) -> LoadedModel:
-        model = load_model(spec, kind, home=self.home, fingerprint=self.fingerprint(spec), threads=self.threads)
-        self._record_load_time(spec, model.load_seconds)
+        fingerprint = self.fingerprint(spec)
+        exported = spec.backend == "torch" or onnx_location(spec, kind, self.home, fingerprint).is_dir()
+        model = load_model(spec, kind, home=self.home, fingerprint=fingerprint, threads=self.threads)
+        if exported:  # a load that exported first would overstate the next load's time
+            self._record_load_time(spec, model.load_seconds)
         log.info("loaded %s (%s) in %.2f s", spec.model_id, spec.backend, model.load_seconds)
         return model
 

@@ -82,9 +82,11 @@ def test_emulated_loading_answers_503_then_the_result(tiny, tmp_path, monkeypatc
     assert engine.state(CLASSIFIER) == "ready"
     assert engine.query(CLASSIFIER, {"inputs": "again"})  # loaded: no 503
 
-    # A new engine on the same home estimates from the load it measured.
+    # A load that exported first is not a load time; a plain load is, and a new engine estimates from it.
     import localinfer.engine as engine_module
 
+    assert not (tmp_path / "home" / "load_times.json").exists()
+    LocalInference(engine.models_file, tmp_path / "home").preload(CLASSIFIER)
     recorded = json.loads((tmp_path / "home" / "load_times.json").read_text())
     original = engine_module.load_model
     monkeypatch.setattr(engine_module, "load_model", lambda *a, **k: (time.sleep(0.5), original(*a, **k))[1])
