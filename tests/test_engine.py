@@ -93,7 +93,7 @@ def test_emulated_loading_answers_503_then_the_result(tiny, tmp_path, monkeypatc
     again = LocalInference(engine.models_file, tmp_path / "home", emulate_loading=True)
     with pytest.raises(ModelLoadingError) as info:
         again.query(CLASSIFIER, "not in the result cache yet")
-    assert 0 < info.value.estimated_time <= max(recorded.values())
+    assert 0 < info.value.estimated_time <= max(max(recorded.values()), 0.1)  # 0.1 s: the floor of an estimate
     again.preload(CLASSIFIER)
 
 
