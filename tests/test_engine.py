@@ -207,6 +207,9 @@ def test_no_socket_is_opened_by_a_whole_query_export_included(tiny, tmp_path, mo
     start = time.perf_counter()
     assert engine.query("tiny/roberta-multilabel", "offline please")
     assert engine.query("sentence-transformers/all-MiniLM-L6-v2", {"source_sentence": "a", "sentences": ["b"]})
+    # The routes through transformers pipelines and optimum's ONNX Runtime classes, exports included.
+    assert engine.query("tiny/gpt2", {"inputs": "offline", "parameters": {"max_new_tokens": 3, "seed": 1}})
+    assert engine.query("tiny/vit", (Path(__file__).parent / "samples" / "plane.jpg").read_bytes())
     assert (tmp_path / "home" / "exports").is_dir() and not attempts, time.perf_counter() - start
 
 
