@@ -34,12 +34,12 @@ def test_lossy_webm_within_a_few_milliseconds():
     assert abs(len(audio) - 219040) < 16000 * 0.01
 
 
-def test_wav_and_mp3_too(tmp_path):
+def test_wav_mp3_and_m4a_too(tmp_path):
     """Encode the flac to other containers with PyAV, then decode them back."""
     import av
 
     source = decode_audio((SAMPLES / "sample1.flac").read_bytes(), 16000)
-    for container, codec in (("wav", "pcm_s16le"), ("mp3", "mp3")):
+    for container, codec in (("wav", "pcm_s16le"), ("mp3", "mp3"), ("m4a", "aac")):
         path = tmp_path / f"speech.{container}"
         with av.open(str(path), "w") as out:
             stream = out.add_stream(codec, rate=16000, layout="mono")
