@@ -8,8 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import math  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -48,21 +49,73 @@ def torch_engine(tiny, home, tmp_path_factory) -> LocalInference:
     return LocalInference(toml, home)
 
 
-def assert_close(actual, expected, tol: float = 1e-4, path: str = "$") -> None:
-    """Recursive equality: strings, ints and keys equal, floats within `tol` (the oracle may give numpy floats)."""
+def _close(actual: float, expected: float, tol: float, rel: float) -> bool:
+    """Within `tol` absolutely and, for small values, within `rel` of their size (1e-6 floor): an absolute 1e-4
+    alone lets a score of 0.003 be off by 3 %."""
+    diff = abs(actual - expected)
+    return diff <= tol and diff <= rel * max(abs(actual), abs(expected)) + 1e-6
+
+
+def assert_close(actual, expected, tol: float = 1e-4, path: str = "$", *, rel: float = 1e-3) -> None:
+    """Recursive equality: strings, ints and keys equal, floats within `tol` and `rel` (the oracle may give numpy
+    floats)."""
     if hasattr(expected, "item") and not isinstance(expected, (list, dict)):
         expected = expected.item()
     assert not hasattr(actual, "dtype"), f"{path}: {actual!r} is a numpy value, not JSON"
     if isinstance(expected, float) or isinstance(actual, float):
         assert isinstance(actual, (int, float)) and isinstance(expected, (int, float)), f"{path}: {actual!r}"
-        assert math.isclose(actual, expected, abs_tol=tol), f"{path}: {actual} != {expected}"
+        assert _close(actual, expected, tol, rel), f"{path}: {actual} != {expected}"
     elif isinstance(expected, dict):
         assert isinstance(actual, dict) and actual.keys() == expected.keys(), f"{path}: {actual!r} != {expected!r}"
         for key in expected:
-            assert_close(actual[key], expected[key], tol, f"{path}.{key}")
+            assert_close(actual[key], expected[key], tol, f"{path}.{key}", rel=rel)
     elif isinstance(expected, (list, tuple)):
         assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{path}: length differs"
         for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
-            assert_close(a, e, tol, f"{path}[{i}]")
+            assert_close(a, e, tol, f"{path}[{i}]", rel=rel)
     else:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
+def is_close(actual, expected, tol: float = 1e-4, *, rel: float = 1e-3) -> bool:
+    """Whether `assert_close` would accept `actual` for `expected`."""
+    try:
+        assert_close(actual, expected, tol, rel=rel)
+    except AssertionError:
+        return False
+    return True
+
+
+_DROP = object()
+
+
+def assert_informative(
+    answer: Callable[[Any, dict], Any],
+    inputs: Any,
+    parameters: dict,
+    *,
+    other_inputs: Any,
+    changes: dict | None = None,
+    fixed: tuple[str, ...] = (),
+    tol: float = 1e-4,
+    same: Callable[[Any, Any], bool] | None = None,
+) -> Any:
+    """Prove that a parity case can fail: the oracle's answer to (`inputs`, `parameters`) must differ (beyond the
+    parity tolerance) from its answer to `other_inputs`, and from its answer with each tested parameter changed:
+    set to `changes[name]` when given, else dropped (the parameter ignored); the `fixed` ones only pin a setting
+    (`do_sample: false`) and are not varied. A fixture that answers the same thing
+    whatever it is asked lets every bug pass. Returns the oracle's answer. `same` replaces the comparison (for
+    answers that are not JSON, such as masks)."""
+    same = same or (lambda a, b: is_close(a, b, tol))
+    expected = answer(inputs, dict(parameters))
+    assert not same(answer(other_inputs, dict(parameters)), expected), (
+        f"the oracle answers the same for {other_inputs!r} as for {inputs!r}: the input is not tested"
+    )
+    for name, value in {**{k: _DROP for k in parameters if k not in fixed}, **(changes or {})}.items():
+        variant = {k: v for k, v in parameters.items() if k != name}
+        if value is not _DROP:
+            variant[name] = value
+        assert not same(answer(inputs, variant), expected), (
+            f"the oracle answers the same with {variant!r} as with {parameters!r}: {name} is not tested"
+        )
+    return expected
