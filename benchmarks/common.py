@@ -6,12 +6,17 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every benchmark imports this module first: localinfer (this checkout's) switches off the telemetry and the Hub
+# access of onnxruntime, huggingface_hub and transformers before any benchmark imports them.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from localinfer.offline import go_offline  # noqa: E402
+
+go_offline()
 
 RESULTS = Path(__file__).parent / "results"
 

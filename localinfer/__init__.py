@@ -5,8 +5,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .engine import Answer, LocalInference
-from .errors import (
+from .offline import go_offline
+
+go_offline()  # before anything below imports onnxruntime, huggingface_hub or transformers
+
+from .engine import Answer, LocalInference  # noqa: E402
+from .errors import (  # noqa: E402
     BadRequestError,
     InferenceError,
     ModelFailureError,
