@@ -1,11 +1,10 @@
-"""LocalInference: options, loading, exports, errors and the no-network guarantee."""
+"""LocalInference: options, loading, exports and errors (the no-network guarantee: tests/test_offline.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -52,6 +51,16 @@ def test_cache_key_distinguishes_parameters_and_tasks(engine):
     assert len(one[0]) == 1 and len(two[0]) == 2
     vectors = engine.query("tiny/st-cls", "same text", task="feature-extraction")
     assert isinstance(vectors[0], float)
+    # One model, one payload, three tasks that answer it: with the cache on, each answer stays its own task's.
+    fields = {
+        "summarization": "summary_text",
+        "text2text-generation": "generated_text",
+        "translation": "translation_text",
+    }
+    for cached in (False, True):
+        for task, field in fields.items():
+            answer = engine.answer("tiny/bart", {"inputs": "the cache key names the task"}, task=task)
+            assert answer.cached == cached and list(answer.result[0]) == [field], (task, answer)
 
 
 def test_corrupt_cache_never_fails_a_query(tiny, tmp_path, home):
@@ -190,27 +199,6 @@ def test_errors_have_the_contract_shape(engine, model, payload, task, error, mes
         engine.query(model, payload, task=task)
     assert set(info.value.body) == {"error"} and message in info.value.body["error"]
     assert info.value.status == {BadRequestError: 400, ModelNotFoundError: 404}[error]
-
-
-def test_no_socket_is_opened_by_a_whole_query_export_included(tiny, tmp_path, monkeypatch):
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    engine = _fresh_engine(tiny, tmp_path)
-    start = time.perf_counter()
-    assert engine.query("tiny/roberta-multilabel", "offline please")
-    assert engine.query("sentence-transformers/all-MiniLM-L6-v2", {"source_sentence": "a", "sentences": ["b"]})
-    # The routes through transformers pipelines and optimum's ONNX Runtime classes, exports included.
-    assert engine.query("tiny/gpt2", {"inputs": "offline", "parameters": {"max_new_tokens": 3, "seed": 1}})
-    assert engine.query("tiny/vit", (Path(__file__).parent / "samples" / "plane.jpg").read_bytes())
-    assert (tmp_path / "home" / "exports").is_dir() and not attempts, time.perf_counter() - start
 
 
 def test_module_level_query_reads_its_configuration_on_first_use(tiny, tmp_path, monkeypatch):

@@ -24,38 +24,52 @@ SYSCALLS = "connect,sendto,sendmsg,sendmmsg"
 # Whatever a user (or conftest) set is not inherited by the watched process: localinfer must set it itself.
 SWITCH = re.compile(r"TELEMETRY|OFFLINE|TRACK", re.IGNORECASE)
 _ADDRESS = re.compile(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6?, "([^"]+)"')
+_CALL = re.compile(rf"\b({SYSCALLS.replace(',', '|')})\((\d+),")
+
+
+def _remote(line: str) -> bool:
+    """An IPv4 or IPv6 address other than loopback (or one strace did not spell out) in a traced call."""
+    if "sa_family=AF_INET" not in line:  # AF_UNIX, AF_NETLINK, AF_UNSPEC: local
+        return False
+    addresses = [ipaddress.ip_address(v4 or v6) for v4, v6 in _ADDRESS.findall(line)]
+    addresses = [getattr(address, "ipv4_mapped", None) or address for address in addresses]
+    return not addresses or not all(address.is_loopback for address in addresses)
 
 
 def network_calls(strace_log: str) -> list[str]:
-    """The traced calls that connect or send to an IPv4 or IPv6 address other than loopback. AF_UNIX, AF_NETLINK
-    and a send on an already connected socket (its connect is the line that counts) are local."""
-    found = []
+    """The traced calls that connect or send to the network: to an address other than loopback, or on a socket
+    connected to one (a DNS query is a connect, then a send that names no address)."""
+    found, connected = [], set()  # file descriptors connected to a remote address
     for line in strace_log.splitlines():
-        if not re.search(rf"\b({SYSCALLS.replace(',', '|')})\(", line) or "sa_family=AF_INET" not in line:
+        call = _CALL.search(line)
+        if call is None:
             continue
-        addresses = [ipaddress.ip_address(v4 or v6) for v4, v6 in _ADDRESS.findall(line)]
-        mapped = [getattr(address, "ipv4_mapped", None) or address for address in addresses]
-        if not mapped or not all(address.is_loopback for address in mapped):  # an address strace did not spell out
+        name, fd = call.groups()
+        remote = _remote(line) if "sa_family=" in line else fd in connected
+        if name == "connect":
+            (connected.add if remote else connected.discard)(fd)
+        if remote:
             found.append(line)
     return found
 
 
 def test_network_calls_are_told_from_local_ones():
-    telemetry = (
-        '5814  04:52:11.166946 connect(8, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.255.255.53")}'
-        ", 16) = 0"
-    )
-    sent = '7 sendto(3, "x", 1, 0, {sa_family=AF_INET6, sin6_port=htons(443), inet_pton(AF_INET6, "2001:db8::1", &s'
+    lookup = '1 connect(8, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.255.255.53")}, 16) = 0'
+    query = '1 sendto(8, "\\262T\\1\\0\\6mobile\\6events", 50, MSG_NOSIGNAL, NULL, 0) = 50'
+    sent = '2 sendto(3, "x", 1, 0, {sa_family=AF_INET6, sin6_port=htons(443), inet_pton(AF_INET6, "2001:db8::1", &s'
     local = [
-        '7 connect(3, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = -1 ENOENT',
-        "7 sendto(3, {len=20, type=RTM_GETADDR}, 20, 0, {sa_family=AF_NETLINK, nl_pid=0, nl_groups=00000000}, 12)",
-        '7 sendto(5, "canary", 6, 0, {sa_family=AF_INET, sin_port=htons(9), sin_addr=inet_addr("127.0.0.1")}, 16)',
-        '7 connect(4, {sa_family=AF_INET6, sin6_port=htons(80), inet_pton(AF_INET6, "::1", &sin6_addr)}, 28) = 0',
-        '7 connect(4, {sa_family=AF_INET6, inet_pton(AF_INET6, "::ffff:127.0.0.1", &sin6_addr)}, 28) = 0',
-        '7 sendto(8, "\\262T\\1\\0", 50, MSG_NOSIGNAL, NULL, 0) = 50',
-        '7 recvfrom(8, "x", 1, 0, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.255.255.53")}, [16])',
+        '1 connect(9, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = -1 ENOENT',
+        "1 sendto(9, {len=20, type=RTM_GETADDR}, 20, 0, {sa_family=AF_NETLINK, nl_pid=0, nl_groups=00000000}, 12)",
+        '1 sendto(5, "canary", 6, 0, {sa_family=AF_INET, sin_port=htons(9), sin_addr=inet_addr("127.0.0.1")}, 16)',
+        '1 connect(4, {sa_family=AF_INET6, sin6_port=htons(80), inet_pton(AF_INET6, "::1", &sin6_addr)}, 28) = 0',
+        '1 connect(6, {sa_family=AF_INET6, inet_pton(AF_INET6, "::ffff:127.0.0.1", &sin6_addr)}, 28) = 0',
+        '1 sendmsg(6, {msg_name=NULL, msg_namelen=0, msg_iov=[{iov_base="x", iov_len=1}], msg_iovlen=1}, 0) = 1',
+        '1 recvfrom(8, "x", 1, 0, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.255.255.53")}, [16])',
+        '1 connect(8, {sa_family=AF_UNIX, sun_path="/run/local"}, 110) = 0',  # fd 8 reused for a local socket
+        '1 sendto(8, "local", 5, MSG_NOSIGNAL, NULL, 0) = 5',
     ]
-    assert network_calls("\n".join([telemetry, *local, sent])) == [telemetry, sent]
+    log = "\n".join([lookup, query, sent, *local])
+    assert network_calls(log) == [lookup, query, sent]
 
 
 def test_switches_are_set_and_the_hub_offline_is_a_default(monkeypatch):
