@@ -2,10 +2,12 @@
 transformers pipeline (PyTorch), same model and prompts, in one run.
 
 Run: python benchmarks/bench_generation.py    (writes benchmarks/results/generation.json)
+     python benchmarks/bench_generation.py --quick    (2-layer models, 8 tokens: proves it runs, times nothing)
 
 Models: random GPT-2 small (12 layers, 768 wide) for text-generation and random BART-base-sized (6+6 layers,
-768 wide) for summarization, with a 400-token vocabulary (the one trained for the tests, so that every
-generated id decodes). Speed does not depend on the weights; random weights only make the text meaningless.
+768 wide, 12 heads, feed-forward 3072) for summarization, with a 400-token vocabulary (the one trained for the
+tests, so that every generated id decodes; the real ones have 50257 and 50265, so their output layers are
+bigger). Speed does not depend on the weights; random weights only make the text meaningless.
 Both sides generate the same tokens (asserted).
 """
 
@@ -18,10 +20,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from checks import QUICK, assert_same, results_name  # noqa: E402
 from common import median, save, timed  # noqa: E402
 
 PROMPTS = ["That is a happy person and", "Paris is the capital of France, and the tower", "My name is Sarah and I"]
-NEW_TOKENS = 64
+NEW_TOKENS = 8 if QUICK else 64
+# GPT-2 small and BART-base (facebook/bart-base's config), or 2-layer stand-ins for --quick.
+GPT2_SIZE = {"n_layer": 2, "n_embd": 64, "n_head": 4} if QUICK else {"n_layer": 12, "n_embd": 768, "n_head": 12}
+BART_SIZE = {
+    "d_model": 768,
+    "encoder_layers": 6,
+    "decoder_layers": 6,
+    "encoder_attention_heads": 12,
+    "decoder_attention_heads": 12,
+    "encoder_ffn_dim": 3072,
+    "decoder_ffn_dim": 3072,
+    "max_position_embeddings": 1024,
+}
+if QUICK:
+    BART_SIZE = {**BART_SIZE, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4}
+    BART_SIZE = {**BART_SIZE, "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}
 
 
 def build(root: Path) -> dict[str, Path]:
@@ -41,7 +59,9 @@ def build(root: Path) -> dict[str, Path]:
     gpt2_dir = root / "gpt2"
     tok = _gpt2_tokenizer(gpt2_dir, 1024)
     # No end-of-sequence token: every prompt generates exactly NEW_TOKENS tokens on both sides.
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=None))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=None, **GPT2_SIZE)
+    )
     model.generation_config = GenerationConfig(pad_token_id=tok.eos_token_id)
     model.save_pretrained(gpt2_dir)
     tok.save_pretrained(gpt2_dir)
@@ -56,6 +76,7 @@ def build(root: Path) -> dict[str, Path]:
         bos_token_id=btok.bos_token_id,
         eos_token_id=btok.eos_token_id,
         decoder_start_token_id=btok.eos_token_id,
+        **BART_SIZE,  # BartConfig()'s defaults are BART-large's (12+12 layers, 1024 wide)
     )
     bart = BartForConditionalGeneration(config)
     bart.generation_config = GenerationConfig(
@@ -127,9 +148,10 @@ def main() -> None:
         else:
             parameters = {"do_sample": False, "min_length": NEW_TOKENS, "max_length": NEW_TOKENS}
             kwargs, key = {**parameters, "max_new_tokens": None}, "summary_text"
-        assert ours(engine, task, parameters, key) == theirs(pipe, kwargs, key)
+        assert_same(ours(engine, task, parameters, key), theirs(pipe, kwargs, key), f"{task} texts")
         tokens = generated_tokens(pipe, kwargs)
-        pairs = [alternate(engine, task, parameters, pipe, kwargs, key) for _ in range(5)]
+        assert tokens == NEW_TOKENS * len(PROMPTS), f"{task}: {tokens} tokens, not {NEW_TOKENS} per prompt"
+        pairs = [alternate(engine, task, parameters, pipe, kwargs, key) for _ in range(1 if QUICK else 5)]
         ours_s, theirs_s = median([p[0] for p in pairs]), median([p[1] for p in pairs])
         results[task] = {
             "generated_tokens": tokens,
@@ -139,7 +161,7 @@ def main() -> None:
             "kv_cache": {"use_cache": bool(generator.use_cache), "past_key_value_inputs": past_inputs},
         }
         print(task, json.dumps(results[task]), flush=True)
-    path = save("generation", results)
+    path = save(results_name("generation"), results)
     print(f"written to {path}")
 
 

