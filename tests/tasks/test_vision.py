@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,25 @@ import pytest
 
 from localinfer import BadRequestError
 from localinfer.media import decode_image
-from tests.conftest import assert_close
+from tests.conftest import assert_close, assert_informative, is_close
 
 SAMPLES = Path(__file__).parent.parent / "samples"
 JPEG = (SAMPLES / "plane.jpg").read_bytes()
+JPEG2 = (SAMPLES / "plane2.jpg").read_bytes()  # a second photo: each oracle answer must change with the image
+IMAGE = decode_image(JPEG)
+IMAGE2 = decode_image(JPEG2)
 
 
 def _oracle(tiny, task, name):
     from transformers import pipeline
 
     return pipeline(task, model=str(tiny[name]))
+
+
+def _answer(tiny, task, name):
+    """The oracle as `assert_informative` calls it: (image, parameters) -> the pipeline's answer."""
+    pipe = _oracle(tiny, task, name)
+    return lambda image, parameters: pipe(image, **parameters)
 
 
 def _png(image) -> bytes:
@@ -31,24 +41,31 @@ def _png(image) -> bytes:
 
 @pytest.mark.parametrize("parameters", [{}, {"top_k": 2}, {"top_k": 3, "function_to_apply": "sigmoid"}])
 def test_image_classification_equals_the_pipeline(engine, tiny, parameters):
-    oracle = _oracle(tiny, "image-classification", "vit")
-    expected = oracle(decode_image(JPEG), **parameters)
+    answer = _answer(tiny, "image-classification", "vit")
+    expected = assert_informative(answer, IMAGE, parameters, other_inputs=IMAGE2)
     payload = {"inputs": base64.b64encode(JPEG).decode(), "parameters": parameters}
     assert_close(engine.query("tiny/vit", payload), expected)
 
 
 def test_image_classification_raw_body_and_other_formats(engine, tiny):
     oracle = _oracle(tiny, "image-classification", "vit")
-    image = decode_image(JPEG)
-    assert_close(engine.query("tiny/vit", JPEG), oracle(image))
-    assert_close(engine.query("tiny/vit", _png(image)), oracle(image))
+    assert_close(engine.query("tiny/vit", JPEG), oracle(IMAGE))
+    assert_close(engine.query("tiny/vit", _png(IMAGE)), oracle(IMAGE))
+
+
+THRESHOLDS = [0.0, 0.2, 0.5]
 
 
 @pytest.mark.parametrize("name", ["yolos", "detr"])
-@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.5])
+@pytest.mark.parametrize("threshold", THRESHOLDS)
 def test_object_detection_equals_the_pipeline(engine, tiny, name, threshold):
-    oracle = _oracle(tiny, "object-detection", name)
-    expected = oracle(decode_image(JPEG), threshold=threshold)
+    # each threshold is checked against the next one (0.5 against 0.0): dropping it would give the default, 0.5
+    other = THRESHOLDS[(THRESHOLDS.index(threshold) + 1) % len(THRESHOLDS)]
+    answer = _answer(tiny, "object-detection", name)
+    parameters = {"threshold": threshold}
+    expected = assert_informative(answer, IMAGE, parameters, other_inputs=IMAGE2, changes={"threshold": other})
+    # distinct detections, so that answering one of them several times cannot pass
+    assert expected and len({json.dumps(d, sort_keys=True, default=float) for d in expected}) == len(expected)
     answer = engine.query(
         f"tiny/{name}", {"inputs": base64.b64encode(JPEG).decode(), "parameters": {"threshold": threshold}}
     )
@@ -56,8 +73,22 @@ def test_object_detection_equals_the_pipeline(engine, tiny, name, threshold):
     for entry in answer:
         box = entry["box"]
         assert all(isinstance(box[k], int) for k in ("xmin", "ymin", "xmax", "ymax"))
-    if threshold == 0.0:
-        assert answer
+
+
+def _segments_same(ours, theirs, flipped: float = 0.0) -> bool:
+    """Labels equal, scores within the parity tolerance, masks (PIL images) equal pixel for pixel up to a `flipped`
+    share of tie flips: the comparison `assert_informative` uses between two oracle answers."""
+    if len(ours) != len(theirs):
+        return False
+    for a, b in zip(ours, theirs, strict=True):
+        if a["label"] != b["label"] or (a["score"] is None) != (b["score"] is None):
+            return False
+        if a["score"] is not None and not is_close(a["score"], b["score"]):
+            return False
+        mask_a, mask_b = np.asarray(a["mask"]), np.asarray(b["mask"])
+        if mask_a.shape != mask_b.shape or np.mean(mask_a != mask_b) > flipped:
+            return False
+    return True
 
 
 def _masks_equal(answer, expected, flipped: float = 0.0):
@@ -69,7 +100,7 @@ def _masks_equal(answer, expected, flipped: float = 0.0):
         assert ours["label"] == theirs["label"]
         assert (ours["score"] is None) == (theirs["score"] is None)
         if theirs["score"] is not None:
-            assert abs(ours["score"] - theirs["score"]) < 1e-4
+            assert_close(ours["score"], theirs["score"])
         mask = Image.open(io.BytesIO(base64.b64decode(ours["mask"])))
         assert mask.mode == "L" and mask.size == theirs["mask"].size
         differ = np.mean(np.asarray(mask) != np.asarray(theirs["mask"]))
@@ -77,31 +108,43 @@ def _masks_equal(answer, expected, flipped: float = 0.0):
 
 
 @pytest.mark.parametrize(
-    ("name", "parameters"),
+    ("name", "parameters", "changes"),
     [
-        ("segformer", {}),
-        ("mobilevit", {}),
-        ("maskformer", {"subtask": "semantic"}),
-        ("maskformer", {"subtask": "instance", "threshold": 0.0}),
-        ("maskformer", {"subtask": "panoptic", "threshold": 0.0, "overlap_mask_area_threshold": 0.2}),
-        ("maskformer", {"subtask": "panoptic", "threshold": 0.0, "mask_threshold": 0.3}),
+        ("segformer", {}, None),
+        ("mobilevit", {}, None),
+        ("maskformer", {"subtask": "semantic"}, None),
+        ("maskformer", {"subtask": "instance", "threshold": 0.0}, None),
+        # MaskFormer's default subtask is panoptic: dropping it changes nothing, so it is checked against instance
+        ("maskformer", {"subtask": "panoptic", "threshold": 0.0, "overlap_mask_area_threshold": 0.2}, "instance"),
+        ("maskformer", {"subtask": "panoptic", "threshold": 0.0, "mask_threshold": 0.3}, "instance"),
     ],
 )
-def test_image_segmentation_equals_the_pipeline(engine, tiny, name, parameters):
-    oracle = _oracle(tiny, "image-segmentation", name)
-    expected = oracle(decode_image(JPEG), **parameters)
+def test_image_segmentation_equals_the_pipeline(engine, tiny, name, parameters, changes):
+    answer = _answer(tiny, "image-segmentation", name)
+    expected = assert_informative(
+        answer,
+        IMAGE,
+        parameters,
+        other_inputs=IMAGE2,
+        changes=changes and {"subtask": changes},
+        same=_segments_same,
+    )
+    assert expected
+    if expected[0]["score"] is None:  # semantic: several classes, so no mask is the whole image
+        assert len(expected) >= 2
     answer = engine.query(f"tiny/{name}", {"inputs": base64.b64encode(JPEG).decode(), "parameters": parameters})
     _masks_equal(answer, expected)
-    assert answer or parameters.get("subtask") == "panoptic"  # the random MaskFormer finds no panoptic segment
 
 
 @pytest.mark.parametrize("parameters", [{}, {"threshold": 0.5, "overlap_mask_area_threshold": 0.3}])
 def test_detr_panoptic_equals_the_pipeline_but_for_tie_flips(engine, tiny, parameters):
-    """The random model's queries are nearly tied, so a few pixels' argmax over queries may flip (shared notes)."""
-    oracle = _oracle(tiny, "image-segmentation", "detr-panoptic")
-    expected = oracle(decode_image(JPEG), **parameters)
+    """A few pixels' argmax over queries may flip between runtimes where two queries' masks are nearly tied."""
+    answer = _answer(tiny, "image-segmentation", "detr-panoptic")
+    expected = assert_informative(
+        answer, IMAGE, parameters, other_inputs=IMAGE2, same=lambda a, b: _segments_same(a, b, 0.001)
+    )
+    assert len(expected) >= 2
     answer = engine.query("tiny/detr-panoptic", {"inputs": base64.b64encode(JPEG).decode(), "parameters": parameters})
-    assert answer
     _masks_equal(answer, expected, flipped=0.001)
 
 
