@@ -17,7 +17,10 @@ TEXTS = [
     "",
 ]
 OTHER = ["That is a happy person", "Paris is the capital of France.", "I like you. I love you", "Today is a sunny day"]
-LONG = " ".join(["Sarah and Hugging Face live in New York City and Paris, the capital of France."] * 12)
+# words out of the WordPiece vocabulary ("unbelievable zebras") split into pieces: the strategies then differ
+LONG = " ".join(
+    ["Sarah and Hugging Face live in New York City and Paris, the capital of France, with unbelievable zebras."] * 10
+)
 OTHER_LONG = " ".join(["My name is Sarah and I live in London, near the tower of Hugging Face."] * 12)
 
 
@@ -27,8 +30,13 @@ def _another_strategy(strategy: str) -> dict:
     return {"aggregation_strategy": "none" if strategy == "simple" else "simple"}
 
 
+def _plain(entities: list[dict]) -> list[dict]:
+    """The pipeline's entities with Python floats for its numpy scores (JSON, as `is_close` compares)."""
+    return [{k: v.item() if hasattr(v, "item") else v for k, v in entity.items()} for entity in entities]
+
+
 def _oracle(pipe):
-    return lambda texts, parameters: [pipe(text, **parameters) for text in texts]
+    return lambda texts, parameters: [_plain(pipe(text, **parameters)) for text in texts]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +89,8 @@ def test_ignore_labels(engine, oracles, name):
     )
     assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS[0], "parameters": parameters}), expected)
     parameters = {"aggregation_strategy": "simple", "ignore_labels": ["O", "PER", "LOC"]}
-    changes = {"aggregation_strategy": "first"}
-    expected = assert_informative(oracle, TEXTS[:2], parameters, other_inputs=OTHER[:2], changes=changes)
+    fixed = ("aggregation_strategy",)  # pinned: the ignored labels are under test
+    expected = assert_informative(oracle, TEXTS[:2], parameters, other_inputs=OTHER[:2], fixed=fixed)
     assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS[:2], "parameters": parameters}), expected)
 
 
