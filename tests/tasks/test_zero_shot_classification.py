@@ -9,7 +9,12 @@ from tests.conftest import SENTENCES, assert_close, assert_informative
 
 MODELS = ["bert-nli", "roberta-nli"]
 LABELS = ["happy", "weather", "travel", "london"]
-OTHER = ["I like you. I love you", "Paris is the capital of France.", "The answer to the universe is 42.", "That is a happy dog"]
+OTHER = [
+    "I like you. I love you",
+    "Paris is the capital of France.",
+    "The answer to the universe is 42.",
+    "That is a happy dog",
+]
 
 
 @pytest.fixture(scope="module")
