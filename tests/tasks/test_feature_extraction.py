@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from localinfer import BadRequestError
-from tests.conftest import SENTENCES, assert_close
+from tests.conftest import SENTENCES, assert_close, assert_informative
+
+OTHER = ["I like you. I love you", "Paris is the capital of France.", "That is a happy dog", "", "zebra"]
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,10 @@ def st_oracle(tiny):
 
 @pytest.mark.parametrize("name", ["st-mean-normalize", "st-cls"])
 def test_sentence_transformers_model_answers_its_pooled_embeddings(engine, st_oracle, name):
-    expected = st_oracle[name].encode(SENTENCES).tolist()
+    def oracle(texts, parameters):
+        return st_oracle[name].encode(texts).tolist()
+
+    expected = assert_informative(oracle, SENTENCES, {}, other_inputs=OTHER, tol=1e-5)
     assert_close(engine.query(f"tiny/{name}", {"inputs": SENTENCES}, task="feature-extraction"), expected, 1e-5)
     single = engine.query(f"tiny/{name}", SENTENCES[0], task="feature-extraction")
     assert_close(single, expected[0], 1e-5)
@@ -28,8 +33,11 @@ def test_plain_model_answers_what_the_transformers_pipeline_answers(engine, tiny
 
     oracle = pipeline("feature-extraction", model=str(tiny["bert-base"]))
     texts = SENTENCES[:3]
-    assert_close(engine.query("tiny/bert-base", {"inputs": texts}), [oracle(t) for t in texts], 1e-5)
-    assert_close(engine.query("tiny/bert-base", texts[1]), oracle(texts[1]), 1e-5)
+    # other texts of the same lengths in tokens: the features must differ with the words, not only the shapes
+    others = ["That is a happy dog", "I like you. I love", "My name is Sarah and I live in Paris"]
+    expected = assert_informative(lambda t, p: [oracle(x) for x in t], texts, {}, other_inputs=others, tol=1e-5)
+    assert_close(engine.query("tiny/bert-base", {"inputs": texts}), expected, 1e-5)
+    assert_close(engine.query("tiny/bert-base", texts[1]), expected[1], 1e-5)
 
 
 def test_torch_backend_answers_the_same(engine, torch_engine):

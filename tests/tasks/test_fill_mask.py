@@ -7,13 +7,24 @@ import re
 import pytest
 
 from localinfer import BadRequestError
-from tests.conftest import assert_close
+from tests.conftest import assert_close, assert_informative, is_close
 
 CASES = {
     "bert-mlm": ["That is a [MASK] person.", "Paris is the [MASK] of France, isn't it?", "[MASK] is a [MASK] day"],
     "roberta-mlm": ["That is a<mask> person.", "Paris is the capital of<mask>.", "<mask> is a<mask> day"],
 }
+OTHER = {
+    "bert-mlm": ["My name is [MASK] and I live in London", "The [MASK] is 324 metres tall", "I [MASK] you. I love you"],
+    "roberta-mlm": ["My name is<mask> and I live in London", "The<mask> is 324 metres tall", "I<mask> you. I love you"],
+}
 TARGETS = {"bert-mlm": ["happy", "sunny", "zzz-not-a-word"], "roberta-mlm": ["Ġhappy", "happy", "day"]}
+
+
+def _predictions(answer):
+    """The tokens and scores, not the filled sequences (which differ with the input whatever the model says)."""
+    if isinstance(answer, dict):
+        return {k: v for k, v in answer.items() if k != "sequence"}
+    return [_predictions(a) for a in answer]
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +35,34 @@ def oracles(tiny):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("parameters", [{}, {"top_k": 1}, {"top_k": 12}, "targets", "targets+top_k"])
+@pytest.mark.parametrize(
+    "parameters", [{}, {"top_k": 1}, {"top_k": 12}, "targets", "one target", "targets+top_k", "one target+top_k"]
+)
 def test_parity_with_the_pipeline(engine, oracles, name, parameters):
+    fixed = ()
     if parameters == "targets":
         parameters = {"targets": TARGETS[name]}
+    elif parameters == "one target":
+        parameters = {"targets": TARGETS[name][0]}
     elif parameters == "targets+top_k":
-        parameters = {"targets": TARGETS[name][0], "top_k": 3}
-    for text in CASES[name]:
-        expected = oracles[name](text, **parameters)
-        assert_close(engine.query(f"tiny/{name}", {"inputs": text, "parameters": parameters}), expected)
-    expected = [oracles[name](text, **parameters) for text in CASES[name]]
+        parameters = {"targets": TARGETS[name], "top_k": 2}
+    elif parameters == "one target+top_k":
+        parameters, fixed = {"targets": TARGETS[name][0], "top_k": 3}, ("top_k",)  # one target: one answer
+
+    def oracle(texts, parameters):
+        return [oracles[name](text, **parameters) for text in texts]
+
+    expected = assert_informative(
+        oracle,
+        CASES[name],
+        parameters,
+        other_inputs=OTHER[name],
+        fixed=fixed,
+        same=lambda a, b: is_close(_predictions(a), _predictions(b)),
+    )
+    for text, expected_for_text in zip(CASES[name], expected, strict=True):
+        answer = engine.query(f"tiny/{name}", {"inputs": text, "parameters": parameters})
+        assert_close(answer, expected_for_text)
     assert_close(engine.query(f"tiny/{name}", {"inputs": CASES[name], "parameters": parameters}), expected)
 
 

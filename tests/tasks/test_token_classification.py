@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from localinfer import BadRequestError
-from tests.conftest import assert_close
+from tests.conftest import assert_close, assert_informative
 
 MODELS = ["bert-ner", "roberta-ner", "metaspace-ner"]
 STRATEGIES = ["none", "simple", "first", "average", "max"]
@@ -16,7 +16,27 @@ TEXTS = [
     "unbelievable zebras: 324 metres tall",
     "",
 ]
-LONG = " ".join(["Sarah and Hugging Face live in New York City and Paris, the capital of France."] * 12)
+OTHER = ["That is a happy person", "Paris is the capital of France.", "I like you. I love you", "Today is a sunny day"]
+# words out of the WordPiece vocabulary ("unbelievable zebras") split into pieces: the strategies then differ
+LONG = " ".join(
+    ["Sarah and Hugging Face live in New York City and Paris, the capital of France, with unbelievable zebras."] * 10
+)
+OTHER_LONG = " ".join(["My name is Sarah and I live in London, near the tower of Hugging Face."] * 12)
+
+
+def _another_strategy(strategy: str) -> dict:
+    """The oracle must answer otherwise with another strategy: "simple" (localinfer's default) for the others,
+    "none" (the pipeline's default) for "simple"."""
+    return {"aggregation_strategy": "none" if strategy == "simple" else "simple"}
+
+
+def _plain(entities: list[dict]) -> list[dict]:
+    """The pipeline's entities with Python floats for its numpy scores (JSON, as `is_close` compares)."""
+    return [{k: v.item() if hasattr(v, "item") else v for k, v in entity.items()} for entity in entities]
+
+
+def _oracle(pipe):
+    return lambda texts, parameters: [_plain(pipe(text, **parameters)) for text in texts]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +50,8 @@ def oracles(tiny):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_parity_with_the_pipeline(engine, oracles, name, strategy):
     parameters = {"aggregation_strategy": strategy}
-    expected = [oracles[name](text, **parameters) for text in TEXTS]
+    changes = _another_strategy(strategy)
+    expected = assert_informative(_oracle(oracles[name]), TEXTS, parameters, other_inputs=OTHER, changes=changes)
     assert sum(len(e) for e in expected) > 0  # the tiny model does find entities
     assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS, "parameters": parameters}), expected)
     assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS[1], "parameters": parameters}), expected[1])
@@ -40,7 +61,12 @@ def test_parity_with_the_pipeline(engine, oracles, name, strategy):
 @pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
 def test_long_text_with_stride(engine, oracles, name, strategy):
     parameters = {"aggregation_strategy": strategy, "stride": 16}
-    expected = oracles[name](LONG, **parameters)
+    # without a stride the pipeline reads the first window only; "none" takes no stride
+    changes = {"aggregation_strategy": "first" if strategy == "simple" else "simple"}
+    expected = assert_informative(
+        _oracle(oracles[name]), [LONG], parameters, other_inputs=[OTHER_LONG], changes=changes
+    )
+    expected = expected[0]
     assert_close(engine.query(f"tiny/{name}", {"inputs": LONG, "parameters": parameters}), expected)
 
 
@@ -51,8 +77,10 @@ def test_long_text_without_stride_is_truncated_as_the_pipeline_does(engine, orac
 
 @pytest.mark.parametrize("name", MODELS)
 def test_ignore_labels(engine, oracles, name):
+    oracle = _oracle(oracles[name])
     parameters = {"aggregation_strategy": "none", "ignore_labels": []}
-    expected = oracles[name](TEXTS[0], **parameters)
+    changes = {"aggregation_strategy": "simple"}
+    expected = assert_informative(oracle, TEXTS[:1], parameters, other_inputs=OTHER[:1], changes=changes)[0]
     assert len(expected) == len(
         engine.query(
             f"tiny/{name}",
@@ -61,15 +89,16 @@ def test_ignore_labels(engine, oracles, name):
     )
     assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS[0], "parameters": parameters}), expected)
     parameters = {"aggregation_strategy": "simple", "ignore_labels": ["O", "PER", "LOC"]}
-    assert_close(
-        engine.query(f"tiny/{name}", {"inputs": TEXTS[0], "parameters": parameters}),
-        oracles[name](TEXTS[0], **parameters),
-    )
+    fixed = ("aggregation_strategy",)  # pinned: the ignored labels are under test
+    expected = assert_informative(oracle, TEXTS[:2], parameters, other_inputs=OTHER[:2], fixed=fixed)
+    assert_close(engine.query(f"tiny/{name}", {"inputs": TEXTS[:2], "parameters": parameters}), expected)
 
 
 def test_default_strategy_is_simple(engine, oracles):
     answer = engine.query("tiny/bert-ner", TEXTS[0])
-    assert_close(answer, oracles["bert-ner"](TEXTS[0], aggregation_strategy="simple"))
+    parameters = {"aggregation_strategy": "simple"}
+    expected = assert_informative(_oracle(oracles["bert-ner"]), TEXTS[:1], parameters, other_inputs=OTHER[:1])
+    assert_close(answer, expected[0])
     assert all(set(e) == {"entity_group", "score", "word", "start", "end"} for e in answer)
 
 
@@ -118,7 +147,10 @@ def test_slow_tokenizer_answers_without_offsets(engine, slow_tokenizer_model, st
 
     slow = AutoTokenizer.from_pretrained(slow_tokenizer_model, use_fast=False)
     oracle = pipeline("token-classification", model=str(slow_tokenizer_model), tokenizer=slow)
-    expected = oracle(TEXTS[0], aggregation_strategy=strategy)
+    parameters = {"aggregation_strategy": strategy}
+    changes = _another_strategy(strategy)
+    answer_of = _oracle(oracle)
+    expected = assert_informative(answer_of, TEXTS[:1], parameters, other_inputs=OTHER[:1], changes=changes)[0]
     answer = engine.query(
         str(slow_tokenizer_model), {"inputs": TEXTS[0], "parameters": {"aggregation_strategy": strategy}}
     )

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 
 from localinfer import BadRequestError
-from tests.conftest import SENTENCES, assert_close
+from tests.conftest import SENTENCES, assert_close, assert_informative
 
 MODELS = ["bert-nli", "roberta-nli"]
 LABELS = ["happy", "weather", "travel", "london"]
+OTHER = [
+    "I like you. I love you",
+    "Paris is the capital of France.",
+    "The answer to the universe is 42.",
+    "That is a happy dog",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +36,15 @@ def oracles(tiny):
     ],
 )
 def test_parity_with_the_pipeline(engine, oracles, name, parameters):
+    def oracle(texts, parameters):
+        return [oracles[name](text, **parameters) for text in texts]
+
     texts = SENTENCES[:4]
-    expected = [oracles[name](text, **parameters) for text in texts]
+    # other labels, one of them changed (the pipeline needs candidate labels: they are replaced, not dropped)
+    labels = parameters["candidate_labels"]
+    other_labels = ["sad", *labels[1:]] if isinstance(labels, list) else labels.replace("happy", "sunny")
+    changes = {"candidate_labels": other_labels}
+    expected = assert_informative(oracle, texts, parameters, other_inputs=OTHER, changes=changes)
     answer = engine.query(f"tiny/{name}", {"inputs": texts, "parameters": parameters})
     assert_close(answer, expected)
     assert_close(engine.query(f"tiny/{name}", {"inputs": texts[0], "parameters": parameters}), expected[0])
