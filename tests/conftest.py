@@ -77,10 +77,22 @@ def assert_close(actual, expected, tol: float = 1e-4, path: str = "$", *, rel: f
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
+def plain(value):
+    """`value` with numpy scalars and arrays turned into Python numbers and lists (oracles answer numpy values)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):
+        return value.tolist()
+    return value
+
+
 def is_close(actual, expected, tol: float = 1e-4, *, rel: float = 1e-3) -> bool:
-    """Whether `assert_close` would accept `actual` for `expected`."""
+    """Whether two answers (an oracle's included: numpy values allowed on both sides) agree within `assert_close`'s
+    tolerance."""
     try:
-        assert_close(actual, expected, tol, rel=rel)
+        assert_close(plain(actual), plain(expected), tol, rel=rel)
     except AssertionError:
         return False
     return True

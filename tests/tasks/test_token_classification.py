@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from localinfer import BadRequestError
-from tests.conftest import assert_close, assert_informative
+from tests.conftest import assert_close, assert_informative, plain
 
 MODELS = ["bert-ner", "roberta-ner", "metaspace-ner"]
 STRATEGIES = ["none", "simple", "first", "average", "max"]
@@ -30,13 +30,8 @@ def _another_strategy(strategy: str) -> dict:
     return {"aggregation_strategy": "none" if strategy == "simple" else "simple"}
 
 
-def _plain(entities: list[dict]) -> list[dict]:
-    """The pipeline's entities with Python floats for its numpy scores (JSON, as `is_close` compares)."""
-    return [{k: v.item() if hasattr(v, "item") else v for k, v in entity.items()} for entity in entities]
-
-
 def _oracle(pipe):
-    return lambda texts, parameters: [_plain(pipe(text, **parameters)) for text in texts]
+    return lambda texts, parameters: [plain(pipe(text, **parameters)) for text in texts]
 
 
 @pytest.fixture(scope="module")
