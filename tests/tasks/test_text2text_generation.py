@@ -13,7 +13,9 @@ from tests.conftest import assert_informative
 
 TEXTS = ["That is a happy person", "The tower is 324 metres tall, about the same height as an 81-storey building."]
 OTHER_TEXTS = ["Today is a sunny day", "Paris is the capital of France."]
-GREEDY = {"do_sample": False, "max_new_tokens": 5}  # fewer than the models' default 8, so that it is tested
+GREEDY = {"do_sample": False, "max_new_tokens": 5}
+# ignoring max_new_tokens would give the models' default (8); the pipeline alone would give 256
+DEFAULT_LENGTH = {"max_new_tokens": 8}
 
 
 def _pipeline(tiny, task, name):
@@ -39,7 +41,9 @@ def test_text2text_greedy_equals_the_pipeline(engine, tiny, name):
     oracle = _pipeline(tiny, "text2text-generation", name)
     answer = lambda inputs, parameters: oracle(inputs, **parameters)  # noqa: E731
     # a list answers as the pipeline does: one entry per text
-    expected = assert_informative(answer, TEXTS, GREEDY, other_inputs=OTHER_TEXTS, fixed=("do_sample",))
+    expected = assert_informative(
+        answer, TEXTS, GREEDY, other_inputs=OTHER_TEXTS, changes=DEFAULT_LENGTH, fixed=("do_sample",)
+    )
     assert engine.query(f"tiny/{name}", {"inputs": TEXTS, "parameters": GREEDY}, task="text2text-generation") == (
         expected
     )
@@ -55,7 +59,7 @@ def test_text2text_seeded_sampling_equals_pytorch(engine, tiny):
         TEXTS[1],
         parameters,
         other_inputs=TEXTS[0],
-        changes={"seed": 12},
+        changes={"seed": 12, **DEFAULT_LENGTH},
         fixed=("do_sample",),
     )
     assert engine.query("tiny/t5", {"inputs": TEXTS[1], "parameters": parameters}) == expected
@@ -112,6 +116,7 @@ def test_t5_translation_takes_its_task_prefix_from_the_config(engine, tiny):
         TEXTS,
         GREEDY,
         other_inputs=OTHER_TEXTS,
+        changes=DEFAULT_LENGTH,
         fixed=("do_sample",),
     )
     # without its prefix ("translate English to French: ") the model answers otherwise
@@ -128,7 +133,9 @@ def test_t5_translation_takes_its_task_prefix_from_the_config(engine, tiny):
 def test_marian_translation_equals_the_pipeline(engine, tiny):
     oracle = _pipeline(tiny, "translation", "marian")
     answer = lambda inputs, parameters: oracle(inputs, **parameters)  # noqa: E731
-    expected = assert_informative(answer, TEXTS, GREEDY, other_inputs=OTHER_TEXTS, fixed=("do_sample",))
+    expected = assert_informative(
+        answer, TEXTS, GREEDY, other_inputs=OTHER_TEXTS, changes=DEFAULT_LENGTH, fixed=("do_sample",)
+    )
     assert engine.query("tiny/marian", {"inputs": TEXTS, "parameters": GREEDY}) == expected
     one = engine.query("tiny/marian", {"inputs": TEXTS[0], "parameters": GREEDY})
     assert one == oracle(TEXTS[0], **GREEDY) and set(one[0]) == {"translation_text"}
