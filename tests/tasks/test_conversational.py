@@ -72,9 +72,10 @@ def _without_pipeline_defaults(pipe):
     return pipe
 
 
-def causal_oracle(folder, template: str | None = None):
+def causal_oracle(folder, template: str | None = None, *, keep_start: bool = False):
     """The reply of a causal model: the text-generation pipeline given the messages (`template`: the tokenizer
-    class's legacy default, for a tokenizer without a chat template); the oldest tokens cut to fit the window."""
+    class's legacy default, for a tokenizer without a chat template); the oldest tokens cut to fit the window
+    (`keep_start`: the newest cut instead, the wrong end, to prove that the end kept matters; greedy only)."""
     from transformers import pipeline
 
     pipe = _without_pipeline_defaults(pipeline("text-generation", model=str(folder)))
@@ -84,6 +85,10 @@ def causal_oracle(folder, template: str | None = None):
 
     def answer(conversation: dict, parameters: dict) -> str:
         kwargs = _generate_kwargs(parameters)
+        if keep_start:
+            ids = pipe.tokenizer.apply_chat_template(messages(conversation), add_generation_prompt=True)
+            start = pipe.tokenizer.decode(ids[: pipe.tokenizer.model_max_length - kwargs["max_new_tokens"]])
+            return pipe(start, return_full_text=False, **kwargs)[0]["generated_text"].strip()
         out = _seeded(
             parameters.get("seed"), lambda: pipe(messages(conversation), handle_long_generation="hole", **kwargs)
         )
@@ -92,13 +97,14 @@ def causal_oracle(folder, template: str | None = None):
     return answer
 
 
-def encoder_decoder_oracle(folder):
+def encoder_decoder_oracle(folder, *, keep_start: bool = False):
     """The reply of BlenderbotSmall: the legacy template's text through the text2text-generation pipeline, whose
-    tokenizer appends the end of sequence token that the template ends with; the oldest tokens cut to fit."""
+    tokenizer appends the end of sequence token that the template ends with; the oldest tokens cut to fit
+    (`keep_start`: the newest cut instead, the wrong end)."""
     from transformers import pipeline
 
     pipe = _without_pipeline_defaults(pipeline("text2text-generation", model=str(folder)))
-    pipe.tokenizer.truncation_side = "left"
+    pipe.tokenizer.truncation_side = "right" if keep_start else "left"
     eos = pipe.tokenizer.eos_token
 
     def answer(conversation: dict, parameters: dict) -> str:
@@ -183,41 +189,23 @@ def test_seeded_sampling_equals_pytorch(engine, tiny):
     assert answer["generated_text"] == expected
 
 
-LONG = {  # 30 turns of different sentences: far more than the 128-token window
+LONG = {  # 30 turns, far more than the 128-token window: the oldest 20 say one thing, the newest 10 others
     "text": "And now?",
-    "past_user_inputs": [CORPUS[i % 10] for i in range(30)],
-    "generated_responses": [CORPUS[(i + 3) % 10] for i in range(30)],
+    "past_user_inputs": [CORPUS[8]] * 20 + [CORPUS[i % 8] for i in range(10)],
+    "generated_responses": [CORPUS[9]] * 20 + [CORPUS[(i + 4) % 8] for i in range(10)],
 }
 
 
 @pytest.mark.parametrize("name", ["gpt2-chat", "blenderbot-small"])
 def test_a_long_history_keeps_its_newest_turns_with_a_warning(engine, tiny, name):
-    answer = causal_oracle(tiny[name]) if name == "gpt2-chat" else encoder_decoder_oracle(tiny[name])
+    oracle = causal_oracle if name == "gpt2-chat" else encoder_decoder_oracle
+    answer = oracle(tiny[name])
     parameters = {"do_sample": False}
     expected = expected_reply(answer, LONG, parameters, turns=False)
-    # the window keeps the newest turns: without the oldest ones the reply is the same, without the newest it is not
-    assert (
-        answer(
-            {
-                **LONG,
-                "past_user_inputs": LONG["past_user_inputs"][5:],
-                "generated_responses": LONG["generated_responses"][5:],
-            },
-            parameters,
-        )
-        == expected
-    )
-    assert (
-        answer(
-            {
-                **LONG,
-                "past_user_inputs": LONG["past_user_inputs"][:-3],
-                "generated_responses": LONG["generated_responses"][:-3],
-            },
-            parameters,
-        )
-        != expected
-    )
+    # the window keeps the newest turns: keeping the oldest answers otherwise; without a few oldest, the same
+    assert oracle(tiny[name], keep_start=True)(LONG, parameters) != expected
+    newest = {k: v[5:] if isinstance(v, list) else v for k, v in LONG.items()}
+    assert answer(newest, parameters) == expected
     reply = engine.query(f"tiny/{name}", {"inputs": LONG, "parameters": parameters})
     assert reply["generated_text"] == expected
     assert reply["warnings"] and "truncated" in reply["warnings"][0]
