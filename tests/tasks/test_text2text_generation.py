@@ -1,13 +1,21 @@
-"""text2text-generation, summarization, translation: greedy and seeded answers equal the transformers pipeline's."""
+"""text2text-generation, summarization, translation: greedy and seeded answers equal the transformers pipeline's.
+
+The tiny seq2seq models are trained to copy their input (tests/fixtures/tiny_models.py), so every answer below
+follows the input and each tested parameter: `assert_informative` proves it before localinfer is compared.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from localinfer import BadRequestError
+from tests.conftest import assert_informative
 
 TEXTS = ["That is a happy person", "The tower is 324 metres tall, about the same height as an 81-storey building."]
-GREEDY = {"do_sample": False, "max_new_tokens": 8}
+OTHER_TEXTS = ["Today is a sunny day", "Paris is the capital of France."]
+GREEDY = {"do_sample": False, "max_new_tokens": 5}
+# ignoring max_new_tokens would give the models' default (8); the pipeline alone would give 256
+DEFAULT_LENGTH = {"max_new_tokens": 8}
 
 
 def _pipeline(tiny, task, name):
@@ -23,30 +31,51 @@ def _seeded(pipe, inputs, seed, **kwargs):
     return pipe(inputs, **kwargs)
 
 
+def _seeded_answer(pipe, **fixed):
+    """The oracle for a request whose `seed` seeds torch before the pipeline samples."""
+    return lambda inputs, parameters: _seeded(pipe, inputs, parameters.pop("seed", None), **{**fixed, **parameters})
+
+
 @pytest.mark.parametrize("name", ["t5", "bart"])
 def test_text2text_greedy_equals_the_pipeline(engine, tiny, name):
     oracle = _pipeline(tiny, "text2text-generation", name)
-    expected = oracle(TEXTS, **GREEDY)  # a list answers as the pipeline does: one entry per text
-    answer = engine.query(f"tiny/{name}", {"inputs": TEXTS, "parameters": GREEDY}, task="text2text-generation")
-    assert answer == expected
+    answer = lambda inputs, parameters: oracle(inputs, **parameters)  # noqa: E731
+    # a list answers as the pipeline does: one entry per text
+    expected = assert_informative(
+        answer, TEXTS, GREEDY, other_inputs=OTHER_TEXTS, changes=DEFAULT_LENGTH, fixed=("do_sample",)
+    )
+    assert engine.query(f"tiny/{name}", {"inputs": TEXTS, "parameters": GREEDY}, task="text2text-generation") == (
+        expected
+    )
     one = engine.query(f"tiny/{name}", {"inputs": TEXTS[0], "parameters": GREEDY}, task="text2text-generation")
     assert one == oracle(TEXTS[0], **GREEDY)
 
 
 def test_text2text_seeded_sampling_equals_pytorch(engine, tiny):
     oracle = _pipeline(tiny, "text2text-generation", "t5")
-    parameters = {"seed": 11, "do_sample": True, "top_k": 10, "num_return_sequences": 2, "max_new_tokens": 8}
-    expected = _seeded(oracle, TEXTS[0], 11, **{k: v for k, v in parameters.items() if k != "seed"})
-    assert engine.query("tiny/t5", {"inputs": TEXTS[0], "parameters": parameters}) == expected
+    parameters = {"seed": 11, "do_sample": True, "top_k": 10, "num_return_sequences": 2, "max_new_tokens": 6}
+    expected = assert_informative(
+        _seeded_answer(oracle),
+        TEXTS[1],
+        parameters,
+        other_inputs=TEXTS[0],
+        changes={"seed": 12, **DEFAULT_LENGTH},
+        fixed=("do_sample",),
+    )
+    assert engine.query("tiny/t5", {"inputs": TEXTS[1], "parameters": parameters}) == expected
 
 
 @pytest.mark.parametrize("name", ["bart", "t5"])
-@pytest.mark.parametrize("lengths", [{}, {"min_length": 3, "max_length": 6}, {"max_length": 4}])
+@pytest.mark.parametrize("lengths", [{}, {"min_length": 10, "max_length": 12}, {"max_length": 4}])
 def test_summarization_equals_the_pipeline(engine, tiny, name, lengths):
     oracle = _pipeline(tiny, "summarization", name)  # T5's "summarize: " prefix comes from its config
+
+    def answer(inputs, parameters):
+        # max_length bounds the summary (the pipeline's 256-token default must not override it); else the model's 8
+        return oracle(inputs, **parameters, max_new_tokens=None if "max_length" in parameters else 8)
+
     parameters = {"do_sample": False, **lengths}
-    # max_length bounds the summary (the pipeline's 256-token default must not override it); else the model's 8
-    expected = oracle(TEXTS, **parameters, max_new_tokens=None if "max_length" in lengths else 8)
+    expected = assert_informative(answer, TEXTS, parameters, other_inputs=OTHER_TEXTS, fixed=("do_sample",))
     answer = engine.query(f"tiny/{name}", {"inputs": TEXTS, "parameters": parameters}, task="summarization")
     assert answer == expected
     one = engine.query(f"tiny/{name}", {"inputs": TEXTS[1], "parameters": parameters}, task="summarization")
@@ -55,15 +84,26 @@ def test_summarization_equals_the_pipeline(engine, tiny, name, lengths):
 
 def test_summarization_seeded_sampling_equals_pytorch(engine, tiny):
     oracle = _pipeline(tiny, "summarization", "bart")
-    expected = _seeded(oracle, TEXTS[1], 4, do_sample=True, temperature=0.9, max_length=10, max_new_tokens=None)
-    parameters = {"seed": 4, "do_sample": True, "temperature": 0.9, "max_length": 10}
+    parameters = {"seed": 4, "do_sample": True, "temperature": 2.0, "max_length": 10}
+    expected = assert_informative(
+        _seeded_answer(oracle, max_new_tokens=None),
+        TEXTS[1],
+        parameters,
+        other_inputs=TEXTS[0],
+        changes={"seed": 5},
+        fixed=("do_sample",),
+    )
     assert engine.query("tiny/bart", {"inputs": TEXTS[1], "parameters": parameters}) == expected
 
 
 def test_long_input_is_truncated_not_refused(engine, tiny):
+    """The encoder sees the input's start: truncating its other end answers differently (the model copies)."""
     oracle = _pipeline(tiny, "summarization", "bart")
-    text = " ".join(TEXTS * 40)
+    text = " ".join([TEXTS[0], *[TEXTS[1]] * 40])
+    assert len(oracle.tokenizer(text)["input_ids"]) > 4 * oracle.tokenizer.model_max_length
     expected = oracle(text, do_sample=False, truncation=True, max_new_tokens=8)
+    oracle.tokenizer.truncation_side = "left"
+    assert oracle(text, do_sample=False, truncation=True, max_new_tokens=8) != expected
     assert engine.query("tiny/bart", {"inputs": text, "parameters": {"do_sample": False}}) == expected
 
 
@@ -71,7 +111,18 @@ def test_t5_translation_takes_its_task_prefix_from_the_config(engine, tiny):
     from transformers import pipeline
 
     oracle = pipeline("translation_en_to_fr", model=str(tiny["t5"]))
-    expected = oracle(TEXTS, **GREEDY)
+    expected = assert_informative(
+        lambda inputs, parameters: oracle(inputs, **parameters),
+        TEXTS,
+        GREEDY,
+        other_inputs=OTHER_TEXTS,
+        changes=DEFAULT_LENGTH,
+        fixed=("do_sample",),
+    )
+    # without its prefix ("translate English to French: ") the model answers otherwise
+    assert _pipeline(tiny, "text2text-generation", "t5")(TEXTS, **GREEDY) != [
+        {"generated_text": e["translation_text"]} for e in expected
+    ]
     assert engine.query("tiny/t5", {"inputs": TEXTS, "parameters": GREEDY}, task="translation") == expected
     with_langs = {**GREEDY, "src_lang": "en", "tgt_lang": "fr"}
     assert engine.query("tiny/t5", {"inputs": TEXTS, "parameters": with_langs}, task="translation") == expected
@@ -81,7 +132,10 @@ def test_t5_translation_takes_its_task_prefix_from_the_config(engine, tiny):
 
 def test_marian_translation_equals_the_pipeline(engine, tiny):
     oracle = _pipeline(tiny, "translation", "marian")
-    expected = oracle(TEXTS, **GREEDY)
+    answer = lambda inputs, parameters: oracle(inputs, **parameters)  # noqa: E731
+    expected = assert_informative(
+        answer, TEXTS, GREEDY, other_inputs=OTHER_TEXTS, changes=DEFAULT_LENGTH, fixed=("do_sample",)
+    )
     assert engine.query("tiny/marian", {"inputs": TEXTS, "parameters": GREEDY}) == expected
     one = engine.query("tiny/marian", {"inputs": TEXTS[0], "parameters": GREEDY})
     assert one == oracle(TEXTS[0], **GREEDY) and set(one[0]) == {"translation_text"}

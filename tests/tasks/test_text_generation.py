@@ -1,4 +1,7 @@
-"""text-generation: greedy and seeded answers equal the transformers pipeline's; KV cache; limits; bounds."""
+"""text-generation: greedy and seeded answers equal the transformers pipeline's; KV cache; limits; bounds.
+
+Each parity case first proves (`assert_informative`) that the oracle's answer follows its prompt and each parameter.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,11 @@ import time
 import pytest
 
 from localinfer import BadRequestError
-from tests.conftest import assert_close
+from tests.conftest import assert_close, assert_informative
 
 PROMPTS = ["That is a happy", "Paris is the capital of", "My name is Sarah and"]
+# ignoring max_new_tokens would give the model's default (8); the pipeline alone would give 256
+DEFAULT_LENGTH = {"max_new_tokens": 8}
 
 
 @pytest.fixture(scope="module")
@@ -22,34 +27,63 @@ def oracle(tiny):
 def _sampled(oracle, prompt, seed, **kwargs):
     import torch
 
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     return oracle(prompt, **kwargs)
+
+
+def _answer(oracle):
+    """The oracle for a request: `seed` seeds torch before the pipeline runs, `stop` becomes its stop strings."""
+
+    def answer(prompt, parameters):
+        if parameters.get("stop"):
+            parameters.update(stop_strings=parameters.pop("stop"), tokenizer=oracle.tokenizer)
+        return _sampled(oracle, prompt, parameters.pop("seed", None), **parameters)
+
+    return answer
 
 
 @pytest.mark.parametrize("return_full_text", [True, False])
 def test_greedy_equals_the_pipeline(engine, oracle, return_full_text):
-    parameters = {"do_sample": False, "max_new_tokens": 8, "return_full_text": return_full_text}
-    expected = [oracle(p, **parameters) for p in PROMPTS]
+    parameters = {"do_sample": False, "max_new_tokens": 6, "return_full_text": return_full_text}
+    expected = [
+        assert_informative(
+            _answer(oracle),
+            prompt,
+            parameters,
+            other_inputs=PROMPTS[i - 1],
+            changes={"return_full_text": not return_full_text, **DEFAULT_LENGTH},
+            fixed=("do_sample",),
+        )
+        for i, prompt in enumerate(PROMPTS)
+    ]
     assert engine.query("tiny/gpt2", {"inputs": PROMPTS, "parameters": parameters}) == expected
     assert engine.query("tiny/gpt2", {"inputs": PROMPTS[0], "parameters": parameters}) == expected[0]
 
 
 def test_temperature_zero_means_greedy(engine, oracle):
+    expected = oracle(PROMPTS[0], do_sample=False, max_new_tokens=8)
+    assert _sampled(oracle, PROMPTS[0], 0, do_sample=True, max_new_tokens=8) != expected  # sampling would differ
     answer = engine.query("tiny/gpt2", {"inputs": PROMPTS[0], "parameters": {"temperature": 0, "max_new_tokens": 8}})
-    assert answer == oracle(PROMPTS[0], do_sample=False, max_new_tokens=8)
+    assert answer == expected
 
 
 @pytest.mark.parametrize(
     "parameters",
     [
-        {"seed": 7, "max_new_tokens": 8},
-        {"seed": 3, "max_new_tokens": 8, "top_k": 20, "top_p": 0.9, "temperature": 0.7, "num_return_sequences": 3},
-        {"seed": 5, "max_new_tokens": 8, "repetition_penalty": 1.5, "temperature": 1.3},
+        {"seed": 7, "max_new_tokens": 6},
+        {"seed": 3, "max_new_tokens": 6, "top_k": 20, "top_p": 0.9, "temperature": 0.5, "num_return_sequences": 3},
+        {"seed": 5, "max_new_tokens": 6, "repetition_penalty": 1.5, "temperature": 0.5},
     ],
 )
 def test_seeded_sampling_equals_pytorch_with_the_same_seed(engine, oracle, parameters):
-    kwargs = {k: v for k, v in parameters.items() if k != "seed"}
-    expected = _sampled(oracle, PROMPTS[1], parameters["seed"], do_sample=True, **kwargs)
+    expected = assert_informative(
+        lambda prompt, kwargs: _answer(oracle)(prompt, {**kwargs, "do_sample": True}),
+        PROMPTS[1],
+        parameters,
+        other_inputs=PROMPTS[2],
+        changes={"seed": parameters["seed"] + 1, **DEFAULT_LENGTH},
+    )
     answer = engine.query(
         "tiny/gpt2", {"inputs": PROMPTS[1], "parameters": parameters, "options": {"use_cache": False}}
     )
@@ -67,10 +101,11 @@ def test_without_seed_the_cache_answers_and_use_cache_false_samples_anew(engine)
 def test_stop_sequences_as_the_pipeline_stops(engine, oracle):
     plain = oracle(PROMPTS[0], do_sample=False, max_new_tokens=8)[0]["generated_text"]
     stop = plain[len(PROMPTS[0]) + 3 : len(PROMPTS[0]) + 5]
-    expected = oracle(PROMPTS[0], do_sample=False, max_new_tokens=8, stop_strings=[stop], tokenizer=oracle.tokenizer)
-    answer = engine.query(
-        "tiny/gpt2", {"inputs": PROMPTS[0], "parameters": {"do_sample": False, "max_new_tokens": 8, "stop": [stop]}}
+    parameters = {"do_sample": False, "max_new_tokens": 8, "stop": [stop]}
+    expected = assert_informative(
+        _answer(oracle), PROMPTS[0], parameters, other_inputs=PROMPTS[1], fixed=("do_sample", "max_new_tokens")
     )
+    answer = engine.query("tiny/gpt2", {"inputs": PROMPTS[0], "parameters": parameters})
     assert answer == expected and len(answer[0]["generated_text"]) < len(plain)
 
 
@@ -114,9 +149,13 @@ def test_torch_backend_answers_the_same(engine, torch_engine):
 
 
 def test_long_prompt_keeps_its_end(engine, oracle):
-    prompt = " ".join(["That is a happy person."] * 40)
+    prompt = " ".join(PROMPTS[1:] + [PROMPTS[0]] * 40)  # its start and its end differ
     parameters = {"do_sample": False, "max_new_tokens": 8, "return_full_text": False}
     expected = oracle(prompt, handle_long_generation="hole", **parameters)
+    ids = oracle.tokenizer(prompt)["input_ids"]
+    assert len(ids) > oracle.tokenizer.model_max_length + 50
+    kept_start = oracle.tokenizer.decode(ids[: oracle.tokenizer.model_max_length - 8])
+    assert oracle(kept_start, **parameters) != expected  # keeping the wrong end answers otherwise
     assert_close(engine.query("tiny/gpt2", {"inputs": prompt, "parameters": parameters}), expected)
 
 
