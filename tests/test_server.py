@@ -331,25 +331,7 @@ def test_inference_client_method_returns_what_a_fresh_engine_answers(client_resu
     assert_close(result, expected, 1e-5, method)
 
 
-# Tiny models that answer (nearly) the same whatever they are asked, until issue 9's fixture work lands: their cases
-# pass once the fixtures depend on their inputs and parameters.
-UNINFORMATIVE_FIXTURES = {
-    "text_classification": "distilbert-sentiment's scores move by about 1e-5 between inputs",
-    "summarization": "tiny BART answers 'ppppppp' to every input",
-    "translation": "tiny Marian answers the same text to every input",
-    "object_detection": "tiny YOLOS answers the same detections at every threshold",
-}
-
-
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(reason=UNINFORMATIVE_FIXTURES[m], strict=False))
-        if m in UNINFORMATIVE_FIXTURES
-        else m
-        for m in CLIENT_CALLS
-    ],
-)
+@pytest.mark.parametrize("method", CLIENT_CALLS)
 def test_inference_client_comparison_can_fail(fresh, method):
     """The comparison above would see a server that swapped the inputs or ignored a parameter: the fresh engine's
     answer, shaped as the client shapes it, changes with the input and with each parameter the call sends."""
