@@ -84,6 +84,9 @@ def build(root: Path) -> dict[str, tuple[str, Path]]:
             "encoder_ffn_dim": 1536,
             "decoder_ffn_dim": 1536,
             "max_target_positions": 448,
+            # A real checkpoint's scale: the tests' fixture initialises at 0.5 so that a 32-wide model's transcript
+            # depends on the audio; at 384 wide that overflows into near-ties that flip between the two runtimes.
+            "init_std": 0.02,
         }
     )
     model = tf.WhisperForConditionalGeneration(config)
