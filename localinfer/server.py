@@ -3,43 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .engine import Answer, LocalInference
+from . import http
+from .engine import LocalInference
 from .errors import InferenceError, PayloadTooLargeError
+from .http import HttpResponse
 
 log = logging.getLogger("localinfer.server")
 
 DEFAULT_MAX_BODY = 50 * 1024 * 1024
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _header_flag(request: Request, name: str) -> bool | None:
-    value = request.headers.get(name)
-    return None if value is None else value.strip().lower() in ("1", "true", "yes")
-
-
-def _usage_headers(answer: Answer) -> dict[str, str]:
-    """What the hosted API reported of the work: characters of text, seconds of audio, or images."""
-    if answer.media == "image":
-        return {"x-compute-images": "1"}
-    if answer.media == "audio":
-        return {"x-compute-audio-length": f"{answer.audio_seconds:.3f}"}
-    return {"x-compute-characters": str(answer.characters)}
+def _response(answer: HttpResponse) -> Response:
+    return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def create_app(
@@ -49,44 +34,23 @@ def create_app(
 
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
-        params = request.path_params
+        path = "/" + request.path_params["path"]
+        if token is not None and http.route(path) is not None and not http.authorized(request.headers, token):
+            return _response(http.json_response(http.UNAUTHORIZED, 401))  # before reading a stranger's body
         try:
-            if token is not None and not _authorized(request):
-                return _json({"error": "Authorization header is missing or does not match the server's token"}, 401)
             body = await _read_body(request, max_body_bytes)
-            options = {
-                k: v
-                for k, v in (
-                    ("use_cache", _header_flag(request, "x-use-cache")),
-                    ("wait_for_model", _header_flag(request, "x-wait-for-model")),
-                )
-                if v is not None
-            }
-            answer = await run_in_threadpool(
-                engine.answer, params["model_id"], body, task=params.get("task"), options=options
-            )
-        except InferenceError as exc:
-            return _json(exc.body, exc.status)
-        except Exception:  # never a traceback to the client; the log has it
-            log.exception("unexpected failure on %s", request.url.path)
-            return _json({"error": "unknown error"}, 500)
-        headers = {
-            "x-compute-time": f"{time.perf_counter() - started:.3f}",
-            "x-compute-type": answer.compute_type,
-            "x-cache": "hit" if answer.cached else "miss",
-            **_usage_headers(answer),
-        }
-        return _json(answer.result, 200, headers)
-
-    def _authorized(request: Request) -> bool:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+        except PayloadTooLargeError as exc:
+            return _response(http.error_response(exc))
+        answer = await run_in_threadpool(
+            http.handle, engine, request.method, path, request.headers, body, token=token, started=started
+        )
+        return _response(answer)
 
     async def health(request: Request) -> Response:
-        return _json({"status": "ok", "models": len(engine.registry.ids())})
+        return _response(http.json_response({"status": "ok", "models": len(engine.registry.ids())}))
 
     async def models(request: Request) -> Response:
-        return _json(await run_in_threadpool(_registry, engine))
+        return _response(http.json_response(await run_in_threadpool(_registry, engine)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,9 +65,8 @@ def create_app(
     routes = [
         Route("/", health, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
-        Route("/models/{model_id:path}/pipeline/{task}", infer, methods=["POST"]),
-        Route("/pipeline/{task}/{model_id:path}", infer, methods=["POST"]),
-        Route("/models/{model_id:path}", infer, methods=["POST"]),
+        # every inference route (/models/{id}, /pipeline/{task}/{id}, /models/{id}/pipeline/{task}): see http.py
+        Route("/{path:path}", infer, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -1,0 +1,142 @@
+"""The hosted Inference API's HTTP surface, free of any web framework: an HTTP request (method, path, headers,
+body bytes) becomes an engine call, and the engine's answer (or its InferenceError) becomes the status, headers and
+body the hosted API answers. `localinfer serve` (server.py) and the in-process interceptor (testing.py) both answer
+through `handle`, so they cannot drift apart."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .engine import Answer, LocalInference
+from .errors import InferenceError
+
+log = logging.getLogger("localinfer.server")
+
+# The hosted API's inference routes, in the order they are tried (the model id may contain slashes).
+ROUTES = (
+    re.compile(r"^/models/(?P<model_id>.*)/pipeline/(?P<task>[^/]+)$"),
+    re.compile(r"^/pipeline/(?P<task>[^/]+)/(?P<model_id>.*)$"),
+    re.compile(r"^/models/(?P<model_id>.*)$"),
+)
+# Request headers that set an option of the payload's `options` (they override the body's).
+OPTION_HEADERS = (("use_cache", "x-use-cache"), ("wait_for_model", "x-wait-for-model"))
+
+
+@dataclass
+class HttpResponse:
+    """What to send back. `model_id` and `task` say which engine call answered (None where none did)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    model_id: str | None = None
+    task: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """An inference route's model id and the task its path names (None: the model's own task)."""
+
+    model_id: str
+    task: str | None
+
+
+def route(path: str) -> Route | None:
+    """The inference route `path` (already percent-decoded) names, or None."""
+    for pattern in ROUTES:
+        match = pattern.match(path)
+        if match:
+            return Route(match["model_id"], match.groupdict().get("task"))
+    return None
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
+    return HttpResponse(status, {"content-type": "application/json", **(headers or {})}, orjson.dumps(body))
+
+
+def error_response(exc: InferenceError) -> HttpResponse:
+    """The hosted API's answer to an error: its status and `{"error": ..., ...}`."""
+    return json_response(exc.body, exc.status)
+
+
+def answer_response(answer: Answer, started: float) -> HttpResponse:
+    """A 200 with the result and the headers the hosted API sends: compute time and type, cache, usage."""
+    headers = {
+        "x-compute-time": f"{time.perf_counter() - started:.3f}",
+        "x-compute-type": answer.compute_type,
+        "x-cache": "hit" if answer.cached else "miss",
+        **usage_headers(answer),
+    }
+    return json_response(answer.result, 200, headers)
+
+
+def usage_headers(answer: Answer) -> dict[str, str]:
+    """What the hosted API reported of the work: characters of text, seconds of audio, or images."""
+    if answer.media == "image":
+        return {"x-compute-images": "1"}
+    if answer.media == "audio":
+        return {"x-compute-audio-length": f"{answer.audio_seconds:.3f}"}
+    return {"x-compute-characters": str(answer.characters)}
+
+
+def options_from_headers(headers: Mapping[str, str]) -> dict[str, bool]:
+    """`x-use-cache` and `x-wait-for-model` as payload options (`headers` has lower-case names)."""
+    options = {}
+    for option, name in OPTION_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            options[option] = value.strip().lower() in ("1", "true", "yes")
+    return options
+
+
+def authorized(headers: Mapping[str, str], token: str) -> bool:
+    """Whether `Authorization: Bearer <token>` is present (`headers` has lower-case names)."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+UNAUTHORIZED = {"error": "Authorization header is missing or does not match the server's token"}
+
+
+def handle(
+    engine: LocalInference,
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    token: str | None = None,
+    started: float | None = None,
+) -> HttpResponse:
+    """Answer one request to an inference route as the hosted API does. Never raises: an unexpected failure is a
+    500 without a traceback (the log has it). `path` is percent-decoded; `token`, when given, is required."""
+    started = time.perf_counter() if started is None else started
+    headers = {k.lower(): v for k, v in headers.items()}
+    target = route(path)
+    if target is None:
+        return json_response({"error": f"no inference route at {method} {path}"}, 404)
+    if method.upper() != "POST":
+        return json_response({"error": f"method {method} not allowed: inference routes take POST"}, 405)
+    if token is not None and not authorized(headers, token):
+        return json_response(UNAUTHORIZED, 401)
+    try:
+        answer = engine.answer(target.model_id, body, task=target.task, options=options_from_headers(headers))
+    except InferenceError as exc:
+        response = error_response(exc)
+    except Exception:  # never a traceback to the client
+        log.exception("unexpected failure on %s", path)
+        response = json_response({"error": "unknown error"}, 500)
+    else:
+        response = answer_response(answer, started)
+        response.task = answer.task
+    response.model_id = target.model_id
+    response.task = response.task or target.task
+    return response
