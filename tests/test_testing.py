@@ -1,0 +1,348 @@
+"""localinfer.testing: the hosted API answered in-process, for code that calls it with requests or InferenceClient,
+with no server and no socket; and the pytest plugin's `localinfer_api` fixture."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from huggingface_hub import InferenceClient
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.utils import get_session
+
+from localinfer import LocalInference
+from localinfer.testing import NetworkRefusedError, intercept
+from tests.conftest import assert_close
+from tests.fixtures.inference_client_calls import client_calls, to_json
+from tests.fixtures.tiny_models import write_models_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = Path(__file__).parent / "samples"
+API = "https://api-inference.huggingface.co"
+ROUTER = "https://router.huggingface.co/hf-inference"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SENTIMENT = "tiny/distilbert-sentiment"
+HEADERS = {"Authorization": "Bearer hf_x"}
+
+
+@pytest.fixture(scope="module")
+def toml(tiny, tmp_path_factory) -> Path:
+    return write_models_toml(tmp_path_factory.mktemp("testing") / "models.toml", tiny)
+
+
+@pytest.fixture(scope="module")
+def local(toml, home) -> LocalInference:
+    """The engine the interceptor answers from (the session's exports)."""
+    return LocalInference(toml, home)
+
+
+@pytest.fixture(scope="module")
+def fresh(toml, home, tmp_path_factory) -> LocalInference:
+    """The expected side: its own result cache, so it never reads an answer the intercepted engine cached; the
+    session's ONNX exports (a symlink), which tests/tasks check against the pipelines."""
+    own = tmp_path_factory.mktemp("fresh-home")
+    (home / "exports").mkdir(parents=True, exist_ok=True)
+    (own / "exports").symlink_to(home / "exports", target_is_directory=True)
+    return LocalInference(toml, own)
+
+
+@pytest.fixture
+def no_socket(monkeypatch):
+    """Any connection attempt fails the test: what is answered here is answered without a socket."""
+
+    def refuse(self, address):
+        raise AssertionError(f"a socket connected to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+CONTRACT_EXAMPLES = [
+    (SENTIMENT, {"inputs": "I like you. I love you"}, "Today is a sunny day"),
+    ("tiny/bert-mlm", {"inputs": "The answer to the universe is [MASK]."}, "That is a [MASK] person."),
+    (
+        MINILM,
+        {
+            "inputs": {
+                "source_sentence": "That is a happy person",
+                "sentences": ["That is a happy dog", "That is a very happy person", "Today is a sunny day"],
+            }
+        },
+        {"source_sentence": "Today is a sunny day", "sentences": ["That is a happy dog"]},
+    ),
+]
+
+
+@pytest.mark.parametrize(("model_id", "payload", "other"), CONTRACT_EXAMPLES, ids=[m for m, _, _ in CONTRACT_EXAMPLES])
+def test_contract_examples_with_requests(local, fresh, no_socket, model_id, payload, other):
+    with intercept(local) as api:
+        response = requests.post(f"{API}/models/{model_id}", headers=HEADERS, json=payload, timeout=60)
+        changed = requests.post(f"{API}/models/{model_id}", headers=HEADERS, json={"inputs": other}, timeout=60)
+    assert response.status_code == 200, response.text
+    expected = fresh.query(model_id, payload)
+    assert_close(response.json(), expected, 1e-5)
+    assert not _same(changed.json(), expected), "the answer does not depend on the input: the comparison is blind"
+    assert response.headers["content-type"] == "application/json"
+    assert float(response.headers["x-compute-time"]) >= 0
+    assert response.headers["x-compute-type"] in {"cpu", "cpu+optimized"}
+    assert response.headers["x-compute-characters"] == str(_characters(payload["inputs"]))
+    assert response.headers["x-cache"] in {"hit", "miss"}
+    call = api.calls[0]
+    assert (call.model, call.task, call.status, call.payload) == (
+        model_id,
+        local.resolve(model_id)[1].name,
+        200,
+        payload,
+    )
+
+
+def test_minilm_answers_its_published_numbers(local, no_socket):
+    payload = CONTRACT_EXAMPLES[2][1]
+    with intercept(local):
+        response = requests.post(f"{API}/models/{MINILM}", headers=HEADERS, json=payload, timeout=60)
+    assert_close(response.json(), [0.6945773363113403, 0.9429150819778442, 0.2568760812282562], 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "sample", "other"),
+    [("tiny/vit", "plane.jpg", "plane2.jpg"), ("tiny/wav2vec2-ctc", "sample1.flac", "sample1_dual.ogg")],
+)
+def test_media_bodies(local, fresh, no_socket, model_id, sample, other):
+    data = (SAMPLES / sample).read_bytes()
+    with intercept(local) as api:
+        response = requests.post(f"{API}/models/{model_id}", headers=HEADERS, data=data, timeout=60)
+        changed = requests.post(f"{API}/models/{model_id}", data=(SAMPLES / other).read_bytes(), timeout=60)
+    assert response.status_code == 200, response.text
+    expected = fresh.query(model_id, data)
+    assert_close(response.json(), expected, 1e-5)
+    assert not _same(changed.json(), expected)
+    if sample.endswith(".jpg"):
+        assert response.headers["x-compute-images"] == "1"
+    else:
+        assert abs(float(response.headers["x-compute-audio-length"]) - 13.69) < 0.05
+    assert api.calls[0].payload == data
+
+
+def test_every_route_and_the_option_headers(local, no_socket):
+    payload = {"inputs": {"source_sentence": "a happy dog", "sentences": ["a sad cat", "a happy puppy"]}}
+    urls = [
+        f"{API}/models/{MINILM}",
+        f"{API}/pipeline/sentence-similarity/{MINILM}",
+        f"{API}/models/{MINILM}/pipeline/sentence-similarity",
+        f"{ROUTER}/models/{MINILM}",
+        f"{ROUTER}/models/{MINILM}/pipeline/sentence-similarity",
+    ]
+    with intercept(local) as api, requests.Session() as session:  # a session of the application's own
+        answers = [session.post(url, json=payload, timeout=60) for url in urls]
+        uncached = requests.post(urls[0], json=payload, headers={"x-use-cache": "false"}, timeout=60)
+        features = requests.post(f"{API}/models/{MINILM}/pipeline/feature-extraction", json={"inputs": "a"})
+    assert all(a.status_code == 200 and a.json() == answers[0].json() for a in answers)
+    assert answers[-1].headers["x-cache"] == "hit" and uncached.headers["x-cache"] == "miss"
+    assert len(features.json()) == 384 and api.calls[-1].task == "feature-extraction"
+    assert [c.url for c in api.calls[: len(urls)]] == urls
+
+
+CLIENT_CALLS = client_calls(SAMPLES)
+
+
+@pytest.mark.parametrize("method", CLIENT_CALLS)
+def test_inference_client_by_bare_model_id(local, fresh, no_socket, method):
+    """Each task method of InferenceClient(model="<id>"), as an application calls the hosted API: the client asks
+    the Hub which provider serves the model and for which task, then posts to the router; all answered here."""
+    call = CLIENT_CALLS[method]
+    assert "HF_HUB_OFFLINE" in os.environ and hub_constants.HF_HUB_OFFLINE  # set, as localinfer sets it
+    with intercept(local) as api:
+        result = call.call(InferenceClient(model=call.model, headers={"x-wait-for-model": "true"}))
+    expected = to_json(call.shape(fresh.query(call.model, call.payload)))
+    assert_close(to_json(result), expected, 1e-5, method)
+    assert [(c.model, c.status) for c in api.calls] == [(call.model, 200)]
+    assert api.calls[0].url.startswith(f"{ROUTER}/models/{call.model}")
+
+
+def test_inference_client_with_the_model_per_call(local, fresh, no_socket):
+    with intercept(local) as api:
+        by_call = InferenceClient().text_classification("I like you", model=SENTIMENT, top_k=2)
+        with_token = InferenceClient(token="hf_x").fill_mask("That is a [MASK] person.", model="tiny/bert-mlm")
+    assert_close(to_json(by_call), fresh.query(SENTIMENT, {"inputs": "I like you", "parameters": {"top_k": 2}})[0])
+    shape = CLIENT_CALLS["fill_mask"].shape  # as the client parses the JSON
+    assert_close(to_json(with_token), to_json(shape(fresh.query("tiny/bert-mlm", "That is a [MASK] person."))))
+    assert [c.task for c in api.calls] == ["text-classification", "fill-mask"]
+
+
+def test_errors_are_the_servers(local, toml, tmp_path, no_socket):
+    with intercept(local) as api:
+        unknown = requests.post(f"{API}/models/nobody/nothing", json={"inputs": "x"}, timeout=60)
+        bad = requests.post(f"{API}/models/{SENTIMENT}", json={"inputs": "x", "parameters": {"top_k": 0}})
+        task = requests.post(f"{API}/pipeline/dancing/{SENTIMENT}", json={"inputs": "x"}, timeout=60)
+        chat = requests.post(f"{ROUTER}/v1/chat/completions", json={"model": SENTIMENT, "messages": []}, timeout=60)
+        with pytest.raises(RepositoryNotFoundError):  # the Hub lookup: the registry knows no such model
+            InferenceClient(model="nobody/nothing").text_classification("x")
+        with pytest.raises(HfHubHTTPError) as client_bad:
+            InferenceClient(model=SENTIMENT).text_classification("x", top_k=0)
+    assert unknown.status_code == 404 and "not found" in unknown.json()["error"]
+    assert bad.status_code == 400 and "parameters.top_k" in bad.json()["error"]
+    assert task.status_code == 400 and "unknown task" in task.json()["error"]
+    assert chat.status_code == 404 and "error" in chat.json()  # chat completions: not served yet (issue 13)
+    assert client_bad.value.response.status_code == 400
+    assert [c.status for c in api.calls] == [404, 400, 400, 400]  # the chat route names no model: not a call
+
+    loading = LocalInference(toml, tmp_path / "home", emulate_loading=True)
+    with intercept(loading):
+        first = requests.post(f"{API}/models/tiny/bert-base", json={"inputs": "a"}, timeout=60)
+        waited = requests.post(f"{API}/models/tiny/bert-base", json={"inputs": "a"}, headers={"x-wait-for-model": "1"})
+    assert first.status_code == 503 and first.json()["error"] == "Model tiny/bert-base is currently loading"
+    assert first.json()["estimated_time"] > 0 and waited.status_code == 200
+    loading.close()
+
+
+def test_any_other_url_is_refused_without_a_connection(local, no_socket):
+    refused = [
+        "https://example.com/models/tiny/x",
+        "http://api-inference.huggingface.co/models/tiny/x",  # not the hosted API's scheme
+        "https://router.huggingface.co/together/v1/chat/completions",  # another provider
+        "https://huggingface.co/tiny/bert-base/resolve/main/config.json",  # a download from the Hub
+        "http://127.0.0.1:8000/models/tiny/x",
+    ]
+    with intercept(local) as api:
+        for url in refused:
+            with pytest.raises(NetworkRefusedError, match="refused POST " + url.replace(".", r"\.")):
+                requests.post(url, json={"inputs": "x"}, timeout=5)
+    assert api.refused == refused and api.calls == []
+    assert issubclass(NetworkRefusedError, OfflineModeIsEnabled)  # huggingface_hub's own "no network" error
+
+
+def test_the_socket_guard_would_see_a_connection(no_socket):
+    """The guard above is live: outside the interceptor a request does reach socket.connect."""
+    with pytest.raises(AssertionError, match="a socket connected"):
+        requests.get("http://127.0.0.1:9/", timeout=5)
+
+
+def test_leaves_huggingface_hub_offline_and_restores_requests(local):
+    original = requests.Session.get_adapter
+    with intercept(local):
+        assert requests.Session.get_adapter is not original
+        assert hub_constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
+        with intercept(local) as inner:  # contexts nest: the innermost answers
+            requests.post(f"{API}/models/{SENTIMENT}", json={"inputs": "a"}, timeout=60)
+        assert len(inner.calls) == 1
+    assert requests.Session.get_adapter is original
+    with pytest.raises(OfflineModeIsEnabled, match="offline mode is enabled"):  # huggingface_hub's session again
+        get_session().get(f"https://huggingface.co/api/models/{SENTIMENT}")
+
+
+def test_decorator_and_threads(local, no_socket):
+    @intercept(local)
+    def classify_all(texts):  # the application's code, calling the API from worker threads
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(lambda t: requests.post(f"{API}/models/{SENTIMENT}", json={"inputs": t}), texts))
+
+    answers = classify_all([f"text number {i}" for i in range(8)])
+    assert all(a.status_code == 200 for a in answers)
+    assert requests.Session.get_adapter.__module__ == "requests.sessions"
+
+
+def test_answers_what_query_answers_through_the_server_code(local, fresh, no_socket):
+    """One payload per task family the server answers: the interceptor's body is the engine's JSON."""
+    payload = {"inputs": "My name is Sarah and I live in London"}
+    with intercept(local):
+        response = requests.post(f"{API}/models/tiny/bert-ner", json=payload, timeout=60)
+    assert_close(response.json(), fresh.query("tiny/bert-ner", payload), 1e-5)
+
+
+PLUGIN_TESTS = """
+import requests
+import pytest
+
+API = "https://api-inference.huggingface.co/models/"
+
+
+def sentiment(text):  # an application function, as a user writes it
+    response = requests.post(API + "tiny/sentiment", headers={"Authorization": "Bearer hf_x"}, json={"inputs": text})
+    response.raise_for_status()
+    return max(response.json()[0], key=lambda x: x["score"])["label"]
+
+
+def test_fixture(localinfer_api):
+    assert sentiment("I like you") in {"POSITIVE", "NEGATIVE"}
+    call = localinfer_api.calls[0]
+    assert (call.model, call.task, call.payload, call.status) == (
+        "tiny/sentiment", "text-classification", {"inputs": "I like you"}, 200
+    )
+
+
+def test_fresh_engine_per_test(localinfer_api):
+    assert localinfer_api.calls == []
+    response = requests.post(API + "tiny/sentiment", json={"inputs": "I like you"})
+    assert response.headers["x-cache"] == "miss"  # its own result cache
+
+
+@pytest.mark.localinfer_models("{other}")
+def test_marker(localinfer_api):
+    assert requests.post(API + "tiny/sentiment", json={"inputs": "a"}).status_code == 404
+
+
+def test_refused(localinfer_api):
+    from localinfer.testing import NetworkRefusedError
+
+    with pytest.raises(NetworkRefusedError, match="https://example.com/"):
+        requests.get("https://example.com/")
+"""
+
+
+def test_pytest_plugin_with_parallel_workers(tiny, tmp_path):
+    """The plugin in two pytest processes at once, as pytest-xdist runs them (pytest-xdist itself is not installed
+    here): each worker's engines are its own, the exports folder is the run's, and the model is exported once."""
+    (tmp_path / "models.toml").write_text(
+        f'[models."tiny/sentiment"]\npath = "{tiny["distilbert-sentiment"]}"\ntask = "text-classification"\n'
+    )
+    (tmp_path / "other.toml").write_text("")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nlocalinfer_models = models.toml\n")
+    (tmp_path / "test_app.py").write_text(PLUGIN_TESTS.replace("{other}", str(tmp_path / "other.toml")))
+    run = tmp_path / "run"  # the run's base temporary folder, where xdist puts each worker's
+    run.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LOCALINFER_MODELS", None)
+    env.pop("LOCALINFER_HOME", None)
+    workers = []
+    for name in ("gw0", "gw1"):
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "localinfer.pytest_plugin", "-p", "no:cacheprovider"]
+        command += [f"--basetemp={run / ('popen-' + name)}", "test_app.py"]
+        workers.append(
+            subprocess.Popen(
+                command,
+                cwd=tmp_path,
+                env={**env, "PYTEST_XDIST_WORKER": name},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for worker in workers:
+        output, _ = worker.communicate(timeout=300)
+        assert worker.returncode == 0, output[-3000:]
+        assert "4 passed" in output
+    exports = [p for p in (run / "localinfer-home" / "exports").rglob("*.onnx")]
+    assert len(exports) == 1, exports  # one export, shared by both workers
+
+
+def _same(a, b) -> bool:
+    try:
+        assert_close(a, b, 1e-5)
+    except AssertionError:
+        return False
+    return True
+
+
+def _characters(inputs) -> int:
+    if isinstance(inputs, str):
+        return len(inputs)
+    if isinstance(inputs, dict):
+        return sum(_characters(v) for v in inputs.values())
+    return sum(_characters(v) for v in inputs)
