@@ -170,10 +170,15 @@ def test_inference_client_with_the_model_per_call(local, fresh, no_socket):
     with intercept(local) as api:
         by_call = InferenceClient().text_classification("I like you", model=SENTIMENT, top_k=2)
         with_token = InferenceClient(token="hf_x").fill_mask("That is a [MASK] person.", model="tiny/bert-mlm")
+        # MiniLM's own task is sentence-similarity: the client names the other one in the route
+        features = InferenceClient().feature_extraction("a happy dog", model=MINILM)
     assert_close(to_json(by_call), fresh.query(SENTIMENT, {"inputs": "I like you", "parameters": {"top_k": 2}})[0])
+    expected = fresh.query(MINILM, "a happy dog", task="feature-extraction")
+    assert features.shape == (384,)
+    assert_close(features.tolist(), expected, 1e-5)
     shape = CLIENT_CALLS["fill_mask"].shape  # as the client parses the JSON
     assert_close(to_json(with_token), to_json(shape(fresh.query("tiny/bert-mlm", "That is a [MASK] person."))))
-    assert [c.task for c in api.calls] == ["text-classification", "fill-mask"]
+    assert [c.task for c in api.calls] == ["text-classification", "fill-mask", "feature-extraction"]
 
 
 def test_errors_are_the_servers(local, toml, tmp_path, no_socket):
