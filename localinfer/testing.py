@@ -218,10 +218,10 @@ _original_get_adapter = requests.Session.get_adapter
 
 
 def _get_adapter(session: requests.Session, url: str) -> BaseAdapter:
-    active = _active
-    if active:
-        return active[-1].adapter
-    return _original_get_adapter(session, url)
+    try:
+        return _active[-1].adapter
+    except IndexError:  # the last context exited in another thread since this request began
+        return _original_get_adapter(session, url)
 
 
 def _install(interceptor: Interceptor) -> None:

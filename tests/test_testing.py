@@ -253,6 +253,13 @@ def test_decorator_and_threads(local, no_socket):
     assert requests.Session.get_adapter.__module__ == "requests.sessions"
 
 
+def test_an_engine_from_a_models_file(toml, home, monkeypatch, no_socket):
+    monkeypatch.setenv("LOCALINFER_HOME", str(home))
+    with intercept(models=toml) as api:
+        response = requests.post(f"{API}/models/{SENTIMENT}", json={"inputs": "I like you"}, timeout=60)
+    assert response.status_code == 200 and api.engine.models_file == toml and api.engine.home == home
+
+
 def test_answers_what_query_answers_through_the_server_code(local, fresh, no_socket):
     """One payload per task family the server answers: the interceptor's body is the engine's JSON."""
     payload = {"inputs": "My name is Sarah and I live in London"}
