@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -322,9 +323,11 @@ def test_pytest_plugin_with_parallel_workers(tiny, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("LOCALINFER_MODELS", None)
     env.pop("LOCALINFER_HOME", None)
+    installed = any(ep.value == "localinfer.pytest_plugin" for ep in entry_points(group="pytest11"))
+    load = [] if installed else ["-p", "localinfer.pytest_plugin"]  # the entry point loads it once installed
     workers = []
     for name in ("gw0", "gw1"):
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "localinfer.pytest_plugin", "-p", "no:cacheprovider"]
+        command = [sys.executable, "-m", "pytest", "-q", *load, "-p", "no:cacheprovider"]
         command += [f"--basetemp={run / ('popen-' + name)}", "test_app.py"]
         workers.append(
             subprocess.Popen(
