@@ -320,7 +320,7 @@ def test_pytest_plugin_with_parallel_workers(tiny, tmp_path):
     (tmp_path / "test_app.py").write_text(PLUGIN_TESTS.replace("{other}", str(tmp_path / "other.toml")))
     run = tmp_path / "run"  # the run's base temporary folder, where xdist puts each worker's
     run.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("LOCALINFER_MODELS", None)
     env.pop("LOCALINFER_HOME", None)
     installed = any(ep.value == "localinfer.pytest_plugin" for ep in entry_points(group="pytest11"))
