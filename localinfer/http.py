@@ -124,7 +124,9 @@ def handle(
     if target is None:
         return json_response({"error": f"no inference route at {method} {path}"}, 404)
     if method.upper() != "POST":
-        return json_response({"error": f"method {method} not allowed: inference routes take POST"}, 405)
+        return json_response(
+            {"error": f"method {method} not allowed: inference routes take POST"}, 405, {"allow": "POST"}
+        )
     if token is not None and not authorized(headers, token):
         return json_response(UNAUTHORIZED, 401)
     try:

@@ -50,7 +50,8 @@ def test_handle(engine):
     assert answer.status == 200 and orjson.loads(answer.body) == engine.query("tiny/distilbert-sentiment", payload)
     assert answer.headers["x-compute-characters"] == "10" and answer.headers["x-cache"] in {"hit", "miss"}
     assert (answer.model_id, answer.task) == ("tiny/distilbert-sentiment", "text-classification")
-    assert http.handle(engine, "GET", "/models/tiny/distilbert-sentiment", {}, b"").status == 405
+    wrong_method = http.handle(engine, "GET", "/models/tiny/distilbert-sentiment", {}, b"")
+    assert wrong_method.status == 405 and wrong_method.headers["allow"] == "POST"
     assert http.handle(engine, "POST", "/v1/chat/completions", {}, b"{}").status == 404
     guarded = {"authorization": "Bearer nope"}
     assert http.handle(engine, "POST", "/models/tiny/bert-base", guarded, payload, token="s3cret").status == 401
