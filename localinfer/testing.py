@@ -4,7 +4,10 @@
 `requests.post(...)` and the session huggingface_hub keeps for `InferenceClient` and `HfApi` included) to a
 `LocalInference` engine, through requests' transport-adapter extension point: while the context is active,
 `requests.Session.get_adapter` answers every URL with `LocalInferenceAdapter`, so sessions created before the
-context are covered as well as new ones. The adapter answers
+context are covered as well as new ones. Where httpx is installed, every `httpx.Client` and `httpx.AsyncClient`
+(and the module functions `httpx.post(...)`) is covered the same way, through httpx's transport extension point:
+`_transport_for_url` answers every URL with `LocalInferenceTransport` / `AsyncLocalInferenceTransport` (mounts and
+proxies included). Both answer
 
 - `https://api-inference.huggingface.co/models/{id}`, `/pipeline/{task}/{id}`, `/models/{id}/pipeline/{task}`;
 - `https://router.huggingface.co/hf-inference/models/{id}` (and `.../pipeline/{task}`), where `InferenceClient`
@@ -25,7 +28,9 @@ mounted adapter, so the hosted API's calls are answered while the switch stays s
 refused (by `NetworkRefusedError`, itself an `OfflineModeIsEnabled`, so libraries that fall back to their local
 cache on offline mode keep doing so). Nothing is changed in the environment or in huggingface_hub's constants.
 
-httpx is not covered: it is not a dependency of localinfer nor of huggingface_hub 0.x's synchronous client.
+httpx is optional: localinfer does not depend on it (nor does huggingface_hub 0.x's InferenceClient), and it is
+patched only if it is importable. An async client's request is answered inline, on the event loop's thread, as the
+engine computes it: no thread, no socket.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ from urllib3 import HTTPResponse
 from . import http
 from .engine import LocalInference
 from .errors import InferenceError
+
+try:
+    import httpx
+except ImportError:  # optional: only an installed httpx has clients to answer
+    httpx = None
 
 INFERENCE_HOSTS = frozenset({"api-inference.huggingface.co", urlsplit(hub_constants.INFERENCE_ENDPOINT).hostname})
 ROUTER_HOST = urlsplit(hub_constants.INFERENCE_PROXY_TEMPLATE).hostname  # router.huggingface.co
@@ -128,6 +138,35 @@ def _body(request: requests.PreparedRequest) -> bytes:
     return b"".join(chunk.encode() if isinstance(chunk, str) else chunk for chunk in body)  # an iterable
 
 
+if httpx is not None:
+
+    class LocalInferenceTransport(httpx.BaseTransport):
+        """An httpx transport that answers from an `Interceptor` instead of a connection."""
+
+        def __init__(self, interceptor: Interceptor) -> None:
+            self.interceptor = interceptor
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            answer = self.interceptor.respond(request.method, str(request.url), request.headers, request.read())
+            return _httpx_response(answer, request)
+
+    class AsyncLocalInferenceTransport(httpx.AsyncBaseTransport):
+        """The same for `httpx.AsyncClient`: the engine answers inline, on the event loop's thread."""
+
+        def __init__(self, interceptor: Interceptor) -> None:
+            self.interceptor = interceptor
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            body = await request.aread()
+            return _httpx_response(
+                self.interceptor.respond(request.method, str(request.url), request.headers, body), request
+            )
+
+    def _httpx_response(answer: http.HttpResponse, request: httpx.Request) -> httpx.Response:
+        # content= sets content-length; the body is sent as is (no content-encoding)
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
+
+
 class Interceptor(contextlib.ContextDecorator):
     """The context manager and decorator `intercept()` returns. `calls` lists every inference call answered,
     `refused` every URL refused."""
@@ -135,6 +174,9 @@ class Interceptor(contextlib.ContextDecorator):
     def __init__(self, engine: LocalInference) -> None:
         self.engine = engine
         self.adapter = LocalInferenceAdapter(self)
+        if httpx is not None:
+            self.transport = LocalInferenceTransport(self)
+            self.async_transport = AsyncLocalInferenceTransport(self)
         self.calls: list[Call] = []
         self.refused: list[str] = []
 
@@ -215,6 +257,9 @@ def intercept(engine: LocalInference | None = None, *, models: str | Path | None
 _active: list[Interceptor] = []
 _lock = threading.Lock()
 _original_get_adapter = requests.Session.get_adapter
+if httpx is not None:
+    _original_transport_for_url = httpx.Client._transport_for_url
+    _original_async_transport_for_url = httpx.AsyncClient._transport_for_url
 
 
 def _get_adapter(session: requests.Session, url: str) -> BaseAdapter:
@@ -224,10 +269,27 @@ def _get_adapter(session: requests.Session, url: str) -> BaseAdapter:
         return _original_get_adapter(session, url)
 
 
+def _transport_for_url(client: Any, url: Any) -> Any:
+    try:
+        return _active[-1].transport
+    except IndexError:
+        return _original_transport_for_url(client, url)
+
+
+def _async_transport_for_url(client: Any, url: Any) -> Any:
+    try:
+        return _active[-1].async_transport
+    except IndexError:
+        return _original_async_transport_for_url(client, url)
+
+
 def _install(interceptor: Interceptor) -> None:
     with _lock:
         _active.append(interceptor)
         requests.Session.get_adapter = _get_adapter  # type: ignore[method-assign]
+        if httpx is not None:
+            httpx.Client._transport_for_url = _transport_for_url  # type: ignore[method-assign]
+            httpx.AsyncClient._transport_for_url = _async_transport_for_url  # type: ignore[method-assign]
         _clear_hub_memos()
 
 
@@ -239,6 +301,9 @@ def _uninstall(interceptor: Interceptor) -> None:
                 break
         if not _active:
             requests.Session.get_adapter = _original_get_adapter  # type: ignore[method-assign]
+            if httpx is not None:
+                httpx.Client._transport_for_url = _original_transport_for_url  # type: ignore[method-assign]
+                httpx.AsyncClient._transport_for_url = _original_async_transport_for_url  # type: ignore[method-assign]
         _clear_hub_memos()
 
 
@@ -250,3 +315,5 @@ def _clear_hub_memos() -> None:
 
 
 __all__ = ["Call", "Interceptor", "LocalInferenceAdapter", "NetworkRefusedError", "intercept"]
+if httpx is not None:
+    __all__ += ["AsyncLocalInferenceTransport", "LocalInferenceTransport"]

@@ -1,8 +1,9 @@
-"""localinfer.testing: the hosted API answered in-process, for code that calls it with requests or InferenceClient,
-with no server and no socket; and the pytest plugin's `localinfer_api` fixture."""
+"""localinfer.testing: the hosted API answered in-process, for code that calls it with requests, httpx or
+InferenceClient, with no server and no socket; and the pytest plugin's `localinfer_api` fixture."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import httpx
 import pytest
 import requests
 from huggingface_hub import InferenceClient
@@ -267,6 +269,123 @@ def test_answers_what_query_answers_through_the_server_code(local, fresh, no_soc
     with intercept(local):
         response = requests.post(f"{API}/models/tiny/bert-ner", json=payload, timeout=60)
     assert_close(response.json(), fresh.query("tiny/bert-ner", payload), 1e-5)
+
+
+def test_httpx_clients_answer_the_contract_example(local, fresh, no_socket):
+    """Every httpx.Client is answered: one made before the context, one with a transport of its own, and the module
+    functions; the answer is the one `requests` gets, and the server's."""
+    model_id, payload, other = CONTRACT_EXAMPLES[0]
+    url = f"{API}/models/{model_id}"
+    before = httpx.Client(headers=HEADERS)
+    with intercept(local) as api, httpx.Client(transport=httpx.HTTPTransport(retries=1)) as own:
+        response = before.post(url, json=payload, timeout=60)
+        mounted = own.post(f"{ROUTER}/models/{model_id}", json=payload)
+        changed = httpx.post(url, json={"inputs": other}, headers={"x-use-cache": "false"})
+        with requests.Session() as session:
+            by_requests = session.post(url, json=payload, headers={"x-use-cache": "false"})
+    before.close()
+    assert response.status_code == 200, response.text
+    expected = fresh.query(model_id, payload)
+    assert_close(response.json(), expected, 1e-5)
+    assert not _same(changed.json(), expected), "the answer does not depend on the input: the comparison is blind"
+    assert mounted.json() == response.json() == by_requests.json()
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.headers["x-compute-characters"] == str(len(payload["inputs"]))
+    assert response.headers["x-compute-type"] in {"cpu", "cpu+optimized"}
+    assert mounted.headers["x-cache"] == "hit" and changed.headers["x-cache"] == "miss"  # the engine's result cache
+    assert [(c.model, c.task, c.status, c.url) for c in api.calls[:3]] == [
+        (model_id, "text-classification", 200, url),
+        (model_id, "text-classification", 200, f"{ROUTER}/models/{model_id}"),
+        (model_id, "text-classification", 200, url),
+    ]
+    assert api.calls[0].payload == payload and api.calls[0].content_type == "application/json"
+
+
+def test_httpx_async_client(local, fresh, no_socket):
+    """httpx.AsyncClient, made before the context and inside it, under asyncio.run: answers, an error status and a
+    refusal, all without a socket."""
+    model_id = "tiny/bert-mlm"
+    payloads = [{"inputs": "The answer to the universe is [MASK]."}, {"inputs": "That is a [MASK] person."}]
+
+    async def app(before: httpx.AsyncClient):  # the application's code
+        async with before, httpx.AsyncClient(headers=HEADERS) as inside:
+            answers = await asyncio.gather(*(inside.post(f"{API}/models/{model_id}", json=p) for p in payloads))
+            bad = await before.post(f"{API}/models/{SENTIMENT}", json={"inputs": "x", "parameters": {"top_k": 0}})
+            with pytest.raises(NetworkRefusedError, match="refused GET https://example.com/async"):
+                await before.get("https://example.com/async")
+        return answers, bad
+
+    with intercept(local) as api:
+        answers, bad = asyncio.run(app(httpx.AsyncClient()))
+    for answer, payload in zip(answers, payloads, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert_close(answer.json(), fresh.query(model_id, payload), 1e-5)
+    assert not _same(answers[0].json(), answers[1].json())
+    assert bad.status_code == 400 and "parameters.top_k" in bad.json()["error"]
+    assert sorted((c.model, c.status) for c in api.calls) == [(model_id, 200), (model_id, 200), (SENTIMENT, 400)]
+    assert api.refused == ["https://example.com/async"]
+
+
+def test_httpx_errors_and_refusals(local, no_socket):
+    refused = ["https://example.com/models/tiny/x", "http://api-inference.huggingface.co/models/tiny/x"]
+    with intercept(local) as api, httpx.Client() as client:
+        unknown = client.post(f"{API}/models/nobody/nothing", json={"inputs": "x"})
+        wrong_method = client.get(f"{API}/models/{SENTIMENT}")
+        info = client.get(f"https://huggingface.co/api/models/{SENTIMENT}")
+        for url in refused:
+            with pytest.raises(NetworkRefusedError, match="refused POST " + url.replace(".", r"\.")):
+                client.post(url, json={"inputs": "x"})
+        with pytest.raises(NetworkRefusedError, match="refused GET https://example.com/"):
+            httpx.get("https://example.com/")
+    assert unknown.status_code == 404 and "not found" in unknown.json()["error"]
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert info.status_code == 200 and info.json()["pipeline_tag"] == "text-classification"
+    assert [(c.model, c.status) for c in api.calls] == [("nobody/nothing", 404)]  # a 405 answers no model
+    assert api.refused == [*refused, "https://example.com/"]
+
+
+def test_httpx_restored_and_the_socket_guard_sees_it(local, no_socket):
+    """Outside the context httpx is httpx again: its request reaches socket.connect, which the guard refuses."""
+    originals = (httpx.Client._transport_for_url, httpx.AsyncClient._transport_for_url)
+    with intercept(local):
+        assert httpx.Client._transport_for_url is not originals[0]
+        with intercept(local) as inner:  # contexts nest: the innermost answers
+            httpx.post(f"{API}/models/{SENTIMENT}", json={"inputs": "a"})
+        assert len(inner.calls) == 1
+    assert (httpx.Client._transport_for_url, httpx.AsyncClient._transport_for_url) == originals
+    with pytest.raises(AssertionError, match="a socket connected"):
+        httpx.get("http://127.0.0.1:9/", timeout=5)
+
+    async def get():
+        async with httpx.AsyncClient() as client:
+            await client.get("http://127.0.0.1:9/", timeout=5)
+
+    with pytest.raises((AssertionError, ExceptionGroup)) as guard:  # anyio groups its connection attempts' errors
+        asyncio.run(get())
+    assert "a socket connected" in str(guard.value) or guard.group_contains(AssertionError, match="a socket connected")
+
+
+def test_without_httpx_requests_is_still_intercepted(tmp_path):
+    """httpx is optional: where it cannot be imported, localinfer.testing imports and intercepts requests."""
+    (tmp_path / "models.toml").write_text("")
+    script = f"""
+import sys
+sys.modules["httpx"] = None  # import httpx raises ImportError
+import pytest, requests
+from localinfer import LocalInference
+from localinfer import testing
+assert testing.httpx is None and "LocalInferenceTransport" not in testing.__all__
+with testing.intercept(LocalInference({str(tmp_path / "models.toml")!r}, {str(tmp_path / "home")!r})) as api:
+    answer = requests.post("{API}/models/nobody/nothing", json={{"inputs": "x"}})
+    with pytest.raises(testing.NetworkRefusedError):
+        requests.get("https://example.com/")
+assert answer.status_code == 404 and api.refused == ["https://example.com/"]
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr[-3000:]
 
 
 PLUGIN_TESTS = """
