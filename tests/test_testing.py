@@ -389,8 +389,11 @@ print("ok")
 
 
 PLUGIN_TESTS = """
-import requests
+import os
+from pathlib import Path
+
 import pytest
+import requests
 
 API = "https://api-inference.huggingface.co/models/"
 
@@ -401,12 +404,15 @@ def sentiment(text):  # an application function, as a user writes it
     return max(response.json()[0], key=lambda x: x["score"])["label"]
 
 
-def test_fixture(localinfer_api):
-    assert sentiment("I like you") in {"POSITIVE", "NEGATIVE"}
+@pytest.mark.parametrize("text", ["I like you", "I hate you", "a sunny day", "a rainy day"])
+def test_fixture(localinfer_api, text):
+    assert sentiment(text) in {"POSITIVE", "NEGATIVE"}
     call = localinfer_api.calls[0]
     assert (call.model, call.task, call.payload, call.status) == (
-        "tiny/sentiment", "text-classification", {"inputs": "I like you"}, 200
+        "tiny/sentiment", "text-classification", {"inputs": text}, 200
     )
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
+    (Path("{workers}") / f"{worker}.{os.getpid()}.{id(localinfer_api.engine)}").touch()
 
 
 def test_fresh_engine_per_test(localinfer_api):
@@ -429,39 +435,35 @@ def test_refused(localinfer_api):
 
 
 def test_pytest_plugin_with_parallel_workers(tiny, tmp_path):
-    """The plugin in two pytest processes at once, as pytest-xdist runs them (pytest-xdist itself is not installed
-    here): each worker's engines are its own, the exports folder is the run's, and the model is exported once."""
+    """The plugin under a real `pytest -n 2` (pytest-xdist): both workers answer the model with engines of their
+    own, the exports folder is the run's, and the model is exported once."""
     (tmp_path / "models.toml").write_text(
         f'[models."tiny/sentiment"]\npath = "{tiny["distilbert-sentiment"]}"\ntask = "text-classification"\n'
     )
     (tmp_path / "other.toml").write_text("")
     (tmp_path / "pytest.ini").write_text("[pytest]\nlocalinfer_models = models.toml\n")
-    (tmp_path / "test_app.py").write_text(PLUGIN_TESTS.replace("{other}", str(tmp_path / "other.toml")))
-    run = tmp_path / "run"  # the run's base temporary folder, where xdist puts each worker's
-    run.mkdir()
+    workers = tmp_path / "workers"  # one file per answering test: worker, process, engine
+    workers.mkdir()
+    tests = PLUGIN_TESTS.replace("{other}", str(tmp_path / "other.toml")).replace("{workers}", str(workers))
+    (tmp_path / "test_app.py").write_text(tests)
+    run = tmp_path / "run"  # the run's base temporary folder: xdist puts each worker's under it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.pop("LOCALINFER_MODELS", None)
-    env.pop("LOCALINFER_HOME", None)
+    for name in ("LOCALINFER_MODELS", "LOCALINFER_HOME", "PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS"):
+        env.pop(name, None)
     installed = any(ep.value == "localinfer.pytest_plugin" for ep in entry_points(group="pytest11"))
     load = [] if installed else ["-p", "localinfer.pytest_plugin"]  # the entry point loads it once installed
-    workers = []
-    for name in ("gw0", "gw1"):
-        command = [sys.executable, "-m", "pytest", "-q", *load, "-p", "no:cacheprovider"]
-        command += [f"--basetemp={run / ('popen-' + name)}", "test_app.py"]
-        workers.append(
-            subprocess.Popen(
-                command,
-                cwd=tmp_path,
-                env={**env, "PYTEST_XDIST_WORKER": name},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    for worker in workers:
-        output, _ = worker.communicate(timeout=300)
-        assert worker.returncode == 0, output[-3000:]
-        assert "4 passed" in output
+    command = [sys.executable, "-m", "pytest", "-q", "-n", "2", *load, "-p", "no:cacheprovider", f"--basetemp={run}"]
+    done = subprocess.run(
+        [*command, "test_app.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "7 passed" in output, output[-3000:]
+    answered = [f.name.split(".") for f in workers.iterdir()]
+    assert len(answered) == 4 and len({engine for _, _, engine in answered}) == 4  # a fresh engine per test
+    assert {worker for worker, _, _ in answered} == {"gw0", "gw1"}, answered  # both workers answered the model
+    assert len({pid for _, pid, _ in answered}) == 2
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("popen-")) == ["popen-gw0", "popen-gw1"]
     exports = [p for p in (run / "localinfer-home" / "exports").rglob("*.onnx")]
     assert len(exports) == 1, exports  # one export, shared by both workers
 
