@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("models", help="list the registry: task, backend, whether an export exists")
     export = commands.add_parser("export", help="export a model to ONNX ahead of time")
     export.add_argument("model_id")
+    export.add_argument(
+        "--out", help="write a self-contained folder (ONNX, tokenizer and processor files, manifest) to ship"
+    )
     export.add_argument("--task", help="override the model's task")
     serve = commands.add_parser("serve", help="serve the hosted Inference API's routes over HTTP")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, ensure_ascii=False))
         elif args.command == "models":
             _list_models(engine)
+        elif args.out:
+            print(engine.export_to(args.model_id, args.out, task=args.task))
         else:
             print(engine.export(args.model_id, task=args.task))
     except InferenceError as exc:

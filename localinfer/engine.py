@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .cache import ResultCache, cache_key
-from .errors import InferenceError, ModelFailureError, ModelLoadingError
+from .errors import BadRequestError, InferenceError, ModelFailureError, ModelLoadingError
 from .media import audio_seconds
 from .payload import Options, parse_payload
 from .registry import ModelSpec, Registry, check_task_name, infer_task
 from .runtime import ExportKind, LoadedModel, folder_fingerprint, load_model, onnx_location
+from .runtime.manifest import check_task, read_manifest, write_export
 from .tasks import Task, get_task
 
 log = logging.getLogger("localinfer")
@@ -172,6 +173,23 @@ class LocalInference:
         self._loaded(spec, handler, kind, wait=True)
         return self.onnx_dir(spec, handler)
 
+    def export_to(self, model_id: str, destination: Path | str, *, task: str | None = None) -> Path:
+        """Write a self-contained exported folder (ONNX graphs, tokenizer/processor/config files, manifest)
+        that serves as a model id, or a models.toml path, on a machine with the runtime alone."""
+        spec, handler, kind = self._resolve(model_id, task)
+        if spec.backend != "onnx":
+            raise BadRequestError(f"{model_id}: backend {spec.backend!r} has no ONNX export to write")
+        onnx_folder = self.export(model_id, task=task)
+        return write_export(
+            spec.path,
+            onnx_folder,
+            Path(destination).expanduser().resolve(),
+            task=handler.name,
+            kind=kind,
+            model_id=model_id,
+            fingerprint=self.fingerprint(spec),
+        )
+
     def resolve(self, model_id: str, task: str | None = None) -> tuple[ModelSpec, Task]:
         """The model's spec and the handler of its task (`task` overrides models.toml and inference)."""
         spec, handler, _ = self._resolve(model_id, task)
@@ -184,13 +202,18 @@ class LocalInference:
             spec = self.registry.resolve(model_id)
             if task is not None:
                 check_task_name(task)
-            handler = get_task(task or spec.task or infer_task(spec.path))
-            found = self._resolved[(model_id, task)] = (spec, handler, handler.export_kind(spec.path))
+            manifest = read_manifest(spec.path)  # an exported folder says what it is
+            handler = get_task(task or spec.task or (manifest.task if manifest else infer_task(spec.path)))
+            kind = handler.export_kind(spec.path)
+            if manifest is not None:
+                check_task(manifest, handler.name, kind, spec.path)
+                kind = manifest.kind
+            found = self._resolved[(model_id, task)] = (spec, handler, kind)
         return found
 
     def onnx_dir(self, spec: ModelSpec, handler: Task) -> Path:
         """The folder of ONNX files serving this model for this task (it may not be exported yet)."""
-        kind = handler.export_kind(spec.path)
+        kind = handler.export_kind(spec.path)  # an exported folder is its own location, whatever the kind
         return onnx_location(spec, kind, self.home, self.fingerprint(spec))
 
     def fingerprint(self, spec: ModelSpec) -> str:

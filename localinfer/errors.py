@@ -54,3 +54,21 @@ class ModelFailureError(InferenceError):
     """500: the model or its export failed on valid input."""
 
     status = 500
+
+
+class MissingExtraError(InferenceError):
+    """500: this install lacks what the request needs (the export side, or an optional dependency)."""
+
+    status = 500
+
+
+# The packages only the export side (`localinfer[export]`) installs.
+EXPORT_PACKAGES = ("torch", "optimum", "onnx", "sentence_transformers")
+
+
+def export_extra_missing(what: str, exc: ModuleNotFoundError) -> MissingExtraError:
+    """The error for `what` needing a package of the export side on a runtime-only install."""
+    return MissingExtraError(
+        f"{what} needs {exc.name}, which this runtime-only install lacks: install 'localinfer[export]', "
+        "or export on a machine that has it (`localinfer export MODEL --out DIR`) and use DIR here"
+    )

@@ -102,7 +102,10 @@ class Registry:
         if entry.package:
             spec = importlib.util.find_spec(entry.package)
             if spec is None or not spec.submodule_search_locations:
-                raise ModelNotFoundError(f"{where}: package {entry.package!r} is not installed")
+                raise ModelNotFoundError(
+                    f"{where}: package {entry.package!r} is not installed (it comes with 'localinfer[export]'; "
+                    "on a runtime-only install, use a folder written by `localinfer export MODEL --out DIR`)"
+                )
             base = Path(next(iter(spec.submodule_search_locations)))
         else:
             base = self.toml_path.parent if self.toml_path else Path.cwd()

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import EXPORT_PACKAGES, export_extra_missing
 from ..registry import ModelSpec
 from ..text import read_json
 from .export import ExportKind, existing_onnx, export_dir, export_onnx
@@ -69,7 +70,12 @@ def load_model(
     if spec.backend == "torch":
         from .torch import TorchPipelineModel, TorchRunner
 
-        runner: Runner = TorchPipelineModel(spec.path, kind) if kind.ort_class else TorchRunner(spec.path, kind)
+        try:
+            runner: Runner = TorchPipelineModel(spec.path, kind) if kind.ort_class else TorchRunner(spec.path, kind)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
+                raise
+            raise export_extra_missing(f"the PyTorch route of {spec.model_id}", exc) from None
         files = spec.path
     else:
         from .onnx import OnnxPipelineModel, OnnxRunner

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import EXPORT_PACKAGES, export_extra_missing
 from .fingerprint import graph_versions
 
 log = logging.getLogger("localinfer")
@@ -66,26 +67,34 @@ def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:
     log.info("exporting %s to ONNX (%s), first use only ...", folder, kind.task)
     started = time.perf_counter()
     try:
-        if kind.exporter == "optimum":
-            from optimum.exporters.onnx import main_export
-
-            main_export(
-                str(folder),
-                str(staging),
-                task=kind.task,
-                library_name=kind.library,
-                local_files_only=True,
-                do_validation=False,
-            )
-        else:
-            module, function = CUSTOM_EXPORTERS[kind.exporter].split(":")
-            getattr(importlib.import_module(module), function)(folder, staging)
+        _export(folder, kind, staging)
         try:
             staging.rename(destination)
         except OSError:  # another process finished first: its export is as good as ours
             if not destination.is_dir():
                 raise
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
+            raise
+        raise export_extra_missing(f"exporting {folder} to ONNX", exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported in %.1f s to %s", time.perf_counter() - started, destination)
     return destination
+
+
+def _export(folder: Path, kind: ExportKind, staging: Path) -> None:
+    if kind.exporter == "optimum":
+        from optimum.exporters.onnx import main_export
+
+        main_export(
+            str(folder),
+            str(staging),
+            task=kind.task,
+            library_name=kind.library,
+            local_files_only=True,
+            do_validation=False,
+        )
+    else:
+        module, function = CUSTOM_EXPORTERS[kind.exporter].split(":")
+        getattr(importlib.import_module(module), function)(folder, staging)

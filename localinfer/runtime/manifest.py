@@ -1,0 +1,115 @@
+"""Shippable exports: a self-contained folder with a manifest the runtime reads instead of guessing.
+
+`localinfer export MODEL --out DIR` writes the ONNX graph(s), the tokenizer / processor / config files of the
+source (never its PyTorch weights) and `localinfer.json`: the task, how it was exported, a fingerprint of the
+source weights and the library versions. DIR then serves as a model id, or as a models.toml `path`, on a machine
+with the runtime alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ..errors import BadRequestError, InferenceError
+from .export import ExportKind
+from .fingerprint import graph_versions
+
+MANIFEST = "localinfer.json"
+FORMAT = 1
+
+# Source files that are weights or other exports: an exported folder runs on its ONNX graphs alone.
+_WEIGHT_SUFFIXES = {
+    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".ot", ".gguf", ".onnx", ".onnx_data",
+    ".tflite", ".mlmodel", ".npz",
+}  # fmt: skip
+_SKIPPED_FOLDERS = {"onnx", "openvino", "coreml", "tf", "flax"}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the runtime needs to know about an exported folder."""
+
+    task: str
+    kind: ExportKind
+    source: dict[str, str]  # model_id, fingerprint (of the source weights' folder)
+    versions: dict[str, str]
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    """The manifest of an exported folder; None for a folder without one. A malformed one is an error."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, this localinfer reads format {FORMAT}")
+        return Manifest(data["task"], ExportKind(**data["export"]), dict(data["source"]), dict(data["versions"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InferenceError(f"{path}: not a localinfer export manifest ({exc})") from None
+
+
+def check_task(manifest: Manifest, task: str, kind: ExportKind, folder: Path) -> None:
+    """An exported folder answers its own task, or another whose export is the same (summarization, ...)."""
+    if task != manifest.task and kind != manifest.kind:
+        raise BadRequestError(f"{folder} is an export for {manifest.task}; it cannot answer {task}")
+
+
+def _versions() -> dict[str, str]:
+    versions = graph_versions()
+    for name in ("localinfer", "onnxruntime"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "-"
+    return versions
+
+
+def _copy_source_files(source: Path, destination: Path) -> None:
+    """Tokenizer, processor, config and sentence-transformers module files; no weights, no other exports."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if relative.parts[0] in _SKIPPED_FOLDERS or path.suffix.lower() in _WEIGHT_SUFFIXES:
+            continue
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+
+
+def write_export(
+    source: Path, onnx_folder: Path, destination: Path, *, task: str, kind: ExportKind, model_id: str, fingerprint: str
+) -> Path:
+    """Assemble a shippable folder at `destination` (which must not exist yet), atomically."""
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise BadRequestError(f"--out {destination}: exists and is not an empty folder")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.partial"
+    try:
+        staging.mkdir()
+        _copy_source_files(source, staging)
+        for path in sorted(onnx_folder.rglob("*")):  # the export's own files win over the source's
+            if path.is_file():
+                target = staging / path.relative_to(onnx_folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+        manifest = {
+            "format": FORMAT,
+            "task": task,
+            "export": asdict(kind),
+            "source": {"model_id": model_id, "fingerprint": fingerprint},
+            "versions": _versions(),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if destination.is_dir():
+            destination.rmdir()  # empty, checked above
+        staging.rename(destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination
