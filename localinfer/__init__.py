@@ -13,6 +13,7 @@ from .engine import Answer, LocalInference  # noqa: E402
 from .errors import (  # noqa: E402
     BadRequestError,
     InferenceError,
+    MissingExtraError,
     ModelFailureError,
     ModelLoadingError,
     ModelNotFoundError,
@@ -43,6 +44,7 @@ __all__ = [
     "Answer",
     "BadRequestError",
     "InferenceError",
+    "MissingExtraError",
     "LocalInference",
     "ModelFailureError",
     "ModelLoadingError",

@@ -71,3 +71,50 @@ def test_errors_print_the_json_body_and_fail(cli_env):
     assert "Traceback" not in done.stderr
     done = run(cli_env, "query", "nobody/nothing", "--data", '"x"')
     assert done.returncode == 1 and "not found" in json.loads(done.stdout)["error"]
+
+
+def test_export_out_writes_a_folder_that_answers_as_its_source(cli_env, tmp_path):
+    env = {**cli_env, "LOCALINFER_HOME": str(tmp_path / "home")}
+    done = run(env, "export", "tiny/bert-ner", "--out", str(tmp_path / "ner"))
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == tmp_path / "ner"
+    manifest = json.loads((tmp_path / "ner" / "localinfer.json").read_text())
+    assert manifest["task"] == "token-classification" and manifest["source"]["model_id"] == "tiny/bert-ner"
+    assert manifest["export"]["task"] == "token-classification" and manifest["versions"]["onnxruntime"] != "-"
+    payload = json.dumps(
+        {"inputs": "My name is Sarah and I live in London", "parameters": {"aggregation_strategy": "max"}}
+    )
+    shipped = run(
+        {**env, "LOCALINFER_HOME": str(tmp_path / "other")}, "query", str(tmp_path / "ner"), "--data", payload
+    )
+    source = run(env, "query", "tiny/bert-ner", "--data", payload)
+    assert shipped.returncode == 0 and source.returncode == 0, shipped.stderr
+    assert json.loads(shipped.stdout) == json.loads(source.stdout) and json.loads(source.stdout)
+    assert not (tmp_path / "other" / "exports").exists()  # the shipped folder was used as is
+
+    again = run(env, "export", "tiny/bert-ner", "--out", str(tmp_path / "ner"))
+    assert again.returncode == 1 and "exists and is not an empty folder" in json.loads(again.stdout)["error"]
+    wrong = run(env, "query", str(tmp_path / "ner"), "--task", "fill-mask", "--data", '{"inputs": "a [MASK]"}')
+    assert wrong.returncode == 1
+    assert json.loads(wrong.stdout) == {
+        "error": f"{tmp_path / 'ner'} is an export for token-classification; it cannot answer fill-mask"
+    }
+
+
+def test_runtime_only_install_refuses_to_export_and_names_the_extra(cli_env, tmp_path):
+    """Without the export side (optimum and torch made unimportable), a model that needs exporting is a clear 500."""
+    code = (
+        "import sys, json; sys.modules['optimum'] = None; sys.modules['torch'] = None\n"
+        "import localinfer\n"
+        "try:\n"
+        "    localinfer.query('tiny/distilbert-sentiment', 'I love you')\n"
+        "except localinfer.MissingExtraError as exc:\n"
+        "    print(json.dumps([exc.status, exc.body]))\n"
+    )
+    env = {**cli_env, "LOCALINFER_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    status, body = json.loads(done.stdout)
+    assert status == 500
+    assert "needs optimum, which this runtime-only install lacks: install 'localinfer[export]'" in body["error"]
+    assert "localinfer export MODEL --out DIR" in body["error"]
