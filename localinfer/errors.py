@@ -68,7 +68,8 @@ EXPORT_PACKAGES = ("torch", "optimum", "onnx", "sentence_transformers")
 
 def export_extra_missing(what: str, exc: ModuleNotFoundError) -> MissingExtraError:
     """The error for `what` needing a package of the export side on a runtime-only install."""
+    package = (exc.name or "?").split(".")[0]
     return MissingExtraError(
-        f"{what} needs {(exc.name or '?').split('.')[0]}, which this runtime-only install lacks: install 'localinfer[export]', "
+        f"{what} needs {package}, which this runtime-only install lacks: install 'localinfer[export]', "
         "or export on a machine that has it (`localinfer export MODEL --out DIR`) and use DIR here"
     )
