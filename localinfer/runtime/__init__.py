@@ -84,7 +84,12 @@ def load_model(
         if not folder.is_dir():
             export_onnx(spec.path, kind, folder)
         if kind.ort_class:
-            runner = OnnxPipelineModel(folder, kind, threads=threads)
+            try:
+                runner = OnnxPipelineModel(folder, kind, threads=threads)
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
+                    raise
+                raise export_extra_missing(f"{kind.task} through a transformers pipeline", exc) from None
         else:
             runner = OnnxRunner(folder / "model.onnx", threads=threads)
         files = folder if (folder / "tokenizer.json").is_file() else spec.path
