@@ -79,7 +79,7 @@ class LocalInference:
     ) -> None:
         self.models_file = Path(models_file) if models_file else default_models_file()
         self.home = Path(home) if home else default_home()
-        self.registry = Registry(self.models_file, allow_paths=allow_paths)
+        self.registry = Registry(self.models_file, allow_paths=allow_paths, base=PACKAGED_MODELS)
         self.cache = ResultCache(self.home / "results", size_limit=cache_size_limit)
         self.emulate_loading = emulate_loading
         self.threads = threads

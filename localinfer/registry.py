@@ -44,15 +44,19 @@ class _Entry(BaseModel):
 
 
 class Registry:
-    """Resolves model ids. `allow_paths=False` refuses local folders given as ids (for servers)."""
+    """Resolves model ids. `allow_paths=False` refuses local folders given as ids (for servers).
 
-    def __init__(self, toml_path: Path | None = None, *, allow_paths: bool = True) -> None:
+    `base` (the models.toml the package ships, with the embedded default) is read first and `toml_path` over it:
+    a user's file adds ids and may override one, but never makes the embedded default vanish.
+    """
+
+    def __init__(self, toml_path: Path | None = None, *, allow_paths: bool = True, base: Path | None = None) -> None:
         self.toml_path = toml_path
         self.allow_paths = allow_paths
-        self.entries: dict[str, tuple[_Entry, str]] = {}
+        self.entries: dict[str, tuple[_Entry, str, Path]] = {}
         self._resolved: dict[str, ModelSpec] = {}  # successes only: a folder that appears later is found
-        if toml_path is not None:
-            self._load(toml_path)
+        for path in dict.fromkeys(p for p in (base, toml_path) if p is not None):
+            self._load(path)
 
     def _load(self, toml_path: Path) -> None:
         try:
@@ -70,7 +74,7 @@ class Registry:
                 raise RegistryError(f"{where}: {format_validation_error(exc, '')}") from None
             if entry.task is not None:
                 check_task_name(entry.task, where)
-            self.entries[model_id] = (entry, where)
+            self.entries[model_id] = (entry, where, toml_path.parent)
 
     def ids(self) -> list[str]:
         return list(self.entries)
@@ -84,8 +88,8 @@ class Registry:
 
     def _resolve(self, model_id: str) -> ModelSpec:
         if model_id in self.entries:
-            entry, where = self.entries[model_id]
-            return ModelSpec(model_id, self._entry_folder(entry, where), entry.task, entry.backend, where)
+            entry, where, folder = self.entries[model_id]
+            return ModelSpec(model_id, self._entry_folder(entry, where, folder), entry.task, entry.backend, where)
         looked = [f"models file {self.toml_path}" if self.toml_path else "no models file"]
         if self.allow_paths:
             folder = Path(model_id).expanduser()
@@ -98,7 +102,7 @@ class Registry:
         looked.append("not in the local Hugging Face cache")
         raise ModelNotFoundError(f"Model {model_id} not found ({'; '.join(looked)})")
 
-    def _entry_folder(self, entry: _Entry, where: str) -> Path:
+    def _entry_folder(self, entry: _Entry, where: str, toml_folder: Path) -> Path:
         if entry.package:
             spec = importlib.util.find_spec(entry.package)
             if spec is None or not spec.submodule_search_locations:
@@ -108,7 +112,7 @@ class Registry:
                 )
             base = Path(next(iter(spec.submodule_search_locations)))
         else:
-            base = self.toml_path.parent if self.toml_path else Path.cwd()
+            base = toml_folder
         folder = (base / Path(entry.path).expanduser()).resolve()
         if not folder.is_dir():
             raise ModelNotFoundError(f"{where}: folder {folder} does not exist")

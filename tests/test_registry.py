@@ -89,3 +89,24 @@ def test_infer_task(tiny, tmp_path):
     (folder / "config.json").write_text(json.dumps({"architectures": ["Nothing"]}))
     with pytest.raises(BadRequestError, match="cannot infer the task"):
         infer_task(folder)
+
+
+def test_embedded_default_stays_beneath_a_users_models_file(tmp_path, tiny):
+    from localinfer.engine import PACKAGED_MODELS
+
+    shutil.copytree(tiny["bert-base"], tmp_path / "mine")
+    (tmp_path / "models.toml").write_text('[models."me/mine"]\npath = "mine"\n')
+    registry = Registry(tmp_path / "models.toml", base=PACKAGED_MODELS)
+    assert registry.resolve("me/mine").path == (tmp_path / "mine").resolve()
+    minilm = registry.resolve("sentence-transformers/all-MiniLM-L6-v2")
+    assert minilm.task == "sentence-similarity" and minilm.path.name == "model"
+    assert Registry(tmp_path / "models.toml").ids() == ["me/mine"]  # without the base, only the user's ids
+
+    # The user's file may override the embedded id (its entry, its folder relative to the user's file).
+    (tmp_path / "models.toml").write_text(
+        '[models."sentence-transformers/all-MiniLM-L6-v2"]\npath = "mine"\ntask = "feature-extraction"\n'
+    )
+    override = Registry(tmp_path / "models.toml", base=PACKAGED_MODELS).resolve(
+        "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    assert override.path == (tmp_path / "mine").resolve() and override.task == "feature-extraction"
