@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from typing import Any
 
 from .engine import LocalInference
 from .errors import InferenceError
+from .limits import Limits
 
 
 def _payload(data: str) -> Any:
@@ -26,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="models.toml to use (default: $LOCALINFER_MODELS, ./models.toml, packaged)")
     parser.add_argument("--home", help="where exports and the result cache live (default: $LOCALINFER_HOME)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    bounds = parser.add_argument_group("request bounds (beyond one, a request answers 4xx naming it)")
+    for field in dataclasses.fields(Limits):
+        bounds.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(field.default), help=f"default {field.default}"
+        )
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("query", help="answer one request and print its JSON")
     ask.add_argument("model_id")
@@ -55,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("transformers", "optimum", "torch", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits) if getattr(args, f.name)})
     try:
         if args.command == "serve":  # as the hosted API: 503 while a model loads, unless wait_for_model
             from .server import serve
 
-            engine = LocalInference(args.models, args.home, emulate_loading=True, allow_paths=False)
+            engine = LocalInference(args.models, args.home, emulate_loading=True, allow_paths=False, limits=limits)
             serve(
                 engine,
                 host=args.host,
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 preload=not args.no_preload,
             )
             return 0
-        engine = LocalInference(args.models, args.home)
+        engine = LocalInference(args.models, args.home, limits=limits)
         if args.command == "query":
             result = engine.query(args.model_id, _payload(args.data), task=args.task)
             print(json.dumps(result, ensure_ascii=False))

@@ -14,6 +14,7 @@ from typing import Any
 
 from .cache import ResultCache, cache_key
 from .errors import BadRequestError, InferenceError, ModelFailureError, ModelLoadingError
+from .limits import Limits, applied, check_structure
 from .media import audio_seconds
 from .payload import Options, parse_payload
 from .registry import ModelSpec, Registry, check_task_name, infer_task
@@ -76,6 +77,7 @@ class LocalInference:
         emulate_loading: bool = False,
         threads: int | None = None,
         allow_paths: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         self.models_file = Path(models_file) if models_file else default_models_file()
         self.home = Path(home) if home else default_home()
@@ -83,6 +85,7 @@ class LocalInference:
         self.cache = ResultCache(self.home / "results", size_limit=cache_size_limit)
         self.emulate_loading = emulate_loading
         self.threads = threads
+        self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._loads: dict[tuple, tuple[Future[LoadedModel], float, float]] = {}
         self._fingerprints: dict[Path, str] = {}
@@ -102,9 +105,15 @@ class LocalInference:
 
         `options` override the payload's (the HTTP adapter takes them from headers).
         """
+        with applied(self.limits):
+            return self._answer(model_id, payload, task, options)
+
+    def _answer(self, model_id: str, payload: Any, task: str | None, options: dict[str, bool] | None) -> Answer:
         started = time.perf_counter()
         spec, handler, kind = self._resolve(model_id, task)
         request = parse_payload(payload, media=handler.media is not None)
+        check_structure(request.inputs, "inputs", self.limits)
+        check_structure(request.parameters, "parameters", self.limits)
         if options:
             request.options = Options.model_validate({**request.options.model_dump(), **options})
         inputs, parameters = handler.validate(request.inputs, request.parameters)
@@ -128,7 +137,7 @@ class LocalInference:
             raise
         except Exception as exc:
             log.exception("model %s failed on task %s", model_id, handler.name)
-            raise ModelFailureError(f"{type(exc).__name__}: {exc}") from exc
+            raise ModelFailureError(one_line(exc)) from exc
         self.cache.set(key, result)
         answer = Answer(result, handler.name, False, model.runner.compute_type, time.perf_counter() - started)
         return self._usage(answer, handler, request.inputs)
@@ -256,7 +265,7 @@ class LocalInference:
             raise
         except Exception as exc:
             log.exception("loading %s failed", spec.model_id)
-            raise ModelFailureError(f"Model {spec.model_id} failed to load: {type(exc).__name__}: {exc}") from exc
+            raise ModelFailureError(f"Model {spec.model_id} failed to load: {one_line(exc)}") from exc
 
     def _load(self, spec: ModelSpec, kind: ExportKind) -> LoadedModel:
         fingerprint = self.fingerprint(spec)
@@ -299,6 +308,14 @@ class LocalInference:
                 os.replace(tmp, path)
             except OSError:
                 pass  # only an estimate is lost
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message (ONNX Runtime's messages
+    carry graph dumps on the lines after)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _characters(inputs: Any) -> int:

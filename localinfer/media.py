@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from typing import Any
 
 import numpy as np
 
-from .errors import BadRequestError
+from . import limits
+from .errors import BadRequestError, InferenceError
 
 
 def decode_audio(data: bytes, sampling_rate: int) -> np.ndarray:
@@ -21,19 +23,28 @@ def decode_audio(data: bytes, sampling_rate: int) -> np.ndarray:
 
     if not data:
         raise BadRequestError("Malformed soundfile")
+    limit_seconds = limits.current().max_audio_seconds
+    limit = int(limit_seconds * sampling_rate)
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
                 raise BadRequestError("Malformed soundfile")
+            declared = (container.duration or 0) / 1_000_000
+            if declared > limit_seconds:  # refused before decoding a sample
+                raise limits.audio_too_long(declared)
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
             chunks = []
+            decoded = 0
             for frame in container.decode(stream):
                 for resampled in resampler.resample(frame):
                     chunks.append(resampled.to_ndarray().reshape(-1))
+                    decoded += chunks[-1].size
+                if decoded > limit:  # a container that declares no (or a false) duration
+                    raise limits.audio_too_long(decoded / sampling_rate)
             for resampled in resampler.resample(None):  # flush what the resampler holds back
                 chunks.append(resampled.to_ndarray().reshape(-1))
-    except BadRequestError:
+    except InferenceError:
         raise
     except Exception:  # PyAV raises a family of FFmpeg errors for bytes that are not audio
         raise BadRequestError("Malformed soundfile") from None
@@ -60,9 +71,16 @@ def decode_image(data: bytes) -> Any:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound decides, below
+            image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding
+        too_large = limits.image_too_large(*image.size)
+        if too_large is not None:
+            raise too_large
         image = ImageOps.exif_transpose(image)
         return image.convert("RGB")
+    except Image.DecompressionBombError as exc:  # beyond twice Pillow's own bound: Pillow refuses to open it
+        raise BadRequestError(f"inputs: {exc} ({limits.Limits.setting('max_image_pixels')} cannot raise it)") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise BadRequestError("inputs: the body is not an image Pillow can read") from None
 

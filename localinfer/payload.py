@@ -63,6 +63,8 @@ def _decode_bytes(raw: bytes, *, media: bool) -> Any:
         raise BadRequestError("request body is neither JSON nor valid UTF-8 text") from None
     try:
         return json.loads(text)
+    except RecursionError:
+        raise BadRequestError("request body: JSON nested too deeply to parse") from None
     except json.JSONDecodeError:
         if media:
             return raw

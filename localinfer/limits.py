@@ -1,0 +1,90 @@
+"""Every bound on a request, in one place: LocalInference(limits=...), the CLI's and the server's flags.
+
+The defaults suit a 4 GB edge device. A request beyond a bound answers a 4xx that names the bound and how to
+change it, never a 500 and never unbounded memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadRequestError, PayloadTooLargeError
+
+# Pillow's own decompression-bomb bound (PIL.Image.MAX_IMAGE_PIXELS), without importing Pillow here.
+PILLOW_MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """`max_json_depth`: nesting of a payload's JSON; `max_list_items`: items of any list in the inputs or the
+    parameters; `max_image_pixels`: width x height of an image body; `max_audio_seconds`: duration of an audio
+    body, decoded."""
+
+    max_json_depth: int = 64
+    max_list_items: int = 1024
+    max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS
+    max_audio_seconds: float = 3600.0
+
+    # The name of each bound's setting, for messages: the Python argument and the command-line flag.
+    @staticmethod
+    def setting(name: str) -> str:
+        return f"Limits({name}=...), --{name.replace('_', '-')}"
+
+
+_current: contextvars.ContextVar[Limits] = contextvars.ContextVar("localinfer_limits", default=Limits())  # noqa: B039 (frozen)
+
+
+def current() -> Limits:
+    """The limits of the request being answered (the defaults outside one)."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def applied(limits: Limits) -> Iterator[None]:
+    token = _current.set(limits)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def check_structure(value: Any, where: str, limits: Limits) -> None:
+    """Nesting depth and list lengths of a JSON-like value, walked without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limits.max_json_depth:
+            raise BadRequestError(
+                f"{where}: nested deeper than {limits.max_json_depth} levels ({Limits.setting('max_json_depth')})"
+            )
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            if len(item) > limits.max_list_items:
+                raise BadRequestError(
+                    f"{where}: a list of {len(item)} items; the limit is {limits.max_list_items} "
+                    f"({Limits.setting('max_list_items')})"
+                )
+            stack.extend((v, depth + 1) for v in item)
+
+
+def image_too_large(width: int, height: int) -> BadRequestError | None:
+    limit = current().max_image_pixels
+    if width * height <= limit:
+        return None
+    return BadRequestError(
+        f"inputs: an image of {width}x{height} pixels; the limit is {limit} pixels "
+        f"({Limits.setting('max_image_pixels')})"
+    )
+
+
+def audio_too_long(seconds: float) -> PayloadTooLargeError:
+    limit = current().max_audio_seconds
+    return PayloadTooLargeError(
+        f"inputs: audio longer than {limit:g} s (at least {seconds:.0f} s); the limit is {limit:g} s "
+        f"({Limits.setting('max_audio_seconds')})"
+    )

@@ -1,0 +1,152 @@
+"""Request bounds (localinfer/limits.py): each beyond-the-bound request answers a 4xx naming the bound."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from localinfer import BadRequestError, LocalInference, ModelFailureError, PayloadTooLargeError
+from localinfer.limits import Limits
+from tests.fixtures.tiny_models import write_models_toml
+
+SAMPLES = Path(__file__).parent / "samples"
+CLASSIFIER = "tiny/distilbert-sentiment"
+
+
+@pytest.fixture(scope="module")
+def bounded(tiny, home, tmp_path_factory) -> LocalInference:
+    """An engine with small bounds, sharing the session's exports."""
+    toml = write_models_toml(tmp_path_factory.mktemp("bounded") / "models.toml", tiny)
+    limits = Limits(max_json_depth=8, max_list_items=3, max_image_pixels=10_000, max_audio_seconds=5)
+    return LocalInference(toml, home, limits=limits)
+
+
+def _deep(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_json_nested_beyond_any_parser_is_400(engine):
+    body = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(BadRequestError, match="nested too deeply"):
+        engine.query(CLASSIFIER, body)
+
+
+def test_json_depth_bound_names_the_setting(engine, bounded):
+    payload = {"inputs": "hi", "parameters": {"top_k": _deep(20)}}
+    with pytest.raises(BadRequestError, match=r"nested deeper than 8 levels \(Limits\(max_json_depth=\.\.\.\)"):
+        bounded.query(CLASSIFIER, payload)
+    with pytest.raises(BadRequestError, match="nested deeper than 64 levels"):  # the default, in-process dicts too
+        engine.query(CLASSIFIER, {"inputs": _deep(70_000)})
+    with pytest.raises(BadRequestError, match="parameters.top_k"):  # within the bound: the usual validation
+        engine.query(CLASSIFIER, payload)
+
+
+def test_list_items_bound(engine, bounded):
+    with pytest.raises(BadRequestError, match=r"inputs: a list of 4 items; the limit is 3 \(.*--max-list-items"):
+        bounded.query(CLASSIFIER, {"inputs": ["a", "b", "c", "d"]})
+    assert len(bounded.query(CLASSIFIER, {"inputs": ["a", "b", "c"]})) == 3
+    with pytest.raises(BadRequestError, match="a list of 1025 items; the limit is 1024"):
+        engine.query(CLASSIFIER, {"inputs": ["a"] * 1025})
+    sentences = {"source_sentence": "a", "sentences": ["b", "c", "d", "e"]}
+    with pytest.raises(BadRequestError, match="a list of 4 items"):  # lists inside the inputs too
+        bounded.query("tiny/st-cls", {"inputs": sentences})
+
+
+def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_pixel_bound(engine, bounded):
+    with pytest.raises(BadRequestError, match=r"an image of 300x200 pixels; the limit is 10000 pixels"):
+        bounded.query("tiny/vit", (SAMPLES / "plane.jpg").read_bytes())
+    bomb = _png((20_000, 20_000), mode="1")  # 400 million pixels in a few kilobytes
+    assert len(bomb) < 1_000_000
+    with pytest.raises(BadRequestError, match="decompression bomb"):
+        engine.query("tiny/vit", bomb)
+    between = _png((10_000, 10_000), mode="1")  # over the default bound, under twice Pillow's
+    with pytest.raises(BadRequestError, match=r"an image of 10000x10000 pixels; the limit is 89478485 pixels"):
+        engine.query("tiny/vit", between)
+
+
+def test_audio_duration_bound(bounded):
+    for name in ("sample1.flac", "sample1.webm", "sample1_dual.ogg"):
+        with pytest.raises(PayloadTooLargeError, match=r"audio longer than 5 s .*the limit is 5 s \(.*max-audio"):
+            bounded.query("tiny/wav2vec2-classifier", (SAMPLES / name).read_bytes())
+
+
+def _streamed_webm(seconds: int) -> bytes:
+    """Opus in WebM written to a pipe, as a browser's MediaRecorder streams it: the container declares no duration."""
+    import av
+    import numpy as np
+
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk) -> int:
+            self.data += chunk
+            return len(chunk)
+
+    pipe = Pipe()
+    rate = 48000
+    with av.open(pipe, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=rate)
+        stream.layout = "mono"
+        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(rate * seconds) / rate)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(tone[None, :], format="flt", layout="mono")
+        frame.sample_rate = rate
+        for converted in av.AudioResampler(format=stream.format.name, layout="mono", rate=rate).resample(frame):
+            for packet in stream.encode(converted):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return bytes(pipe.data)
+
+
+def test_audio_without_a_declared_duration_is_bounded_while_decoding(bounded):
+    import av
+
+    data = _streamed_webm(8)
+    with av.open(io.BytesIO(data)) as container:
+        assert container.duration is None
+    with pytest.raises(PayloadTooLargeError, match="audio longer than 5 s"):
+        bounded.query("tiny/wav2vec2-classifier", data)
+    assert len(bounded.query("tiny/wav2vec2-classifier", _streamed_webm(4))) == 5  # under the bound: answered
+
+
+def test_model_failure_is_one_line(engine, monkeypatch):
+    model = engine.preload(CLASSIFIER)
+    dump = "Non-zero status code returned while running Add node.\nName:'/Add'\nStatus Message: broadcast\n  graph..."
+    monkeypatch.setattr(model.runner, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(dump)))
+    with pytest.raises(ModelFailureError) as info:
+        engine.query(CLASSIFIER, {"inputs": "boom", "options": {"use_cache": False}})
+    assert info.value.body == {"error": "RuntimeError: Non-zero status code returned while running Add node."}
+
+
+def test_cli_flags_set_the_bounds(tiny, home, tmp_path):
+    toml = write_models_toml(tmp_path / "models.toml", tiny)
+    env = {**os.environ, "LOCALINFER_HOME": str(home), "LOCALINFER_MODELS": str(toml)}
+    done = subprocess.run(
+        [sys.executable, "-m", "localinfer", "--max-list-items", "1", "query", CLASSIFIER, "--data", '["a", "b"]'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["error"].startswith("inputs: a list of 2 items; the limit is 1")
