@@ -273,7 +273,7 @@ class LocalInference:
         model = load_model(spec, kind, home=self.home, fingerprint=fingerprint, threads=self.threads)
         if exported:  # a load that exported first would overstate the next load's time
             self._record_load_time(spec, model.load_seconds)
-        log.info("loaded %s (%s) in %.2f s", spec.model_id, spec.backend, model.load_seconds)
+        log.debug("loaded %s (%s) in %.2f s", spec.model_id, spec.backend, model.load_seconds)
         return model
 
     def _load_times_file(self) -> Path:

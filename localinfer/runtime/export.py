@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -10,6 +11,8 @@ import re
 import shutil
 import time
 import uuid
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +70,8 @@ def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:
     log.info("exporting %s to ONNX (%s), first use only ...", folder, kind.task)
     started = time.perf_counter()
     try:
-        _export(folder, kind, staging)
+        with _quiet():
+            _export(folder, kind, staging)
         try:
             staging.rename(destination)
         except OSError:  # another process finished first: its export is as good as ours
@@ -81,6 +85,26 @@ def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported in %.1f s to %s", time.perf_counter() - started, destination)
     return destination
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters' tracer warnings and library chatter silenced: an export prints our two lines only."""
+    # transformers and optimum configure their root loggers on first use, which would undo the levels set below.
+    for module in ("transformers.utils.logging", "optimum.utils.logging"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module).get_logger()
+    loggers = [logging.getLogger(name) for name in ("transformers", "optimum", "torch", "sentence_transformers")]
+    levels = [logger.level for logger in loggers]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _export(folder: Path, kind: ExportKind, staging: Path) -> None:
