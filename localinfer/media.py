@@ -77,12 +77,17 @@ def decode_image(data: bytes) -> Any:
         too_large = limits.image_too_large(*image.size)
         if too_large is not None:
             raise too_large
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        image.info.pop("exif", None)  # applied above; a damaged block would fail whatever reads it again
+        return image
     except Image.DecompressionBombError as exc:  # beyond twice Pillow's own bound: Pillow refuses to open it
         raise BadRequestError(f"inputs: {exc} ({limits.Limits.setting('max_image_pixels')} cannot raise it)") from None
+    except InferenceError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError):
         raise BadRequestError("inputs: the body is not an image Pillow can read") from None
+    except Exception as exc:  # Pillow's plugins raise what they meet (SyntaxError from a damaged EXIF block, ...)
+        raise BadRequestError(f"inputs: the image is damaged ({type(exc).__name__}: {exc})") from None
 
 
 def encode_mask(mask: Any) -> str:
