@@ -73,16 +73,19 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int], *, align_corners: bool
     out_h, out_w = size
     h0, h1, lh0, lh1 = _linear_weights(in_h, out_h, align_corners)
     w0, w1, lw0, lw1 = _linear_weights(in_w, out_w, align_corners)
-    top, bottom = x[:, h0, :], x[:, h1, :]
-    a, b, c, d = top[:, :, w0], top[:, :, w1], bottom[:, :, w0], bottom[:, :, w1]
     lh0, lh1 = lh0[:, None], lh1[:, None]
     # a (1, C, 1, 1) tensor is also channels-last contiguous: torch then takes that kernel when C > 3
     if out_h + out_w <= _SMALL_OUTPUT or (channels > 3 and in_h == in_w == 1):
+        top, bottom = x[:, h0, :], x[:, h1, :]
+        a, b, c, d = top[:, :, w0], top[:, :, w1], bottom[:, :, w0], bottom[:, :, w1]
         return _bilinear_channels_last(a, b, c, d, lh0 * lw0, lh0 * lw1, lh1 * lw0, lh1 * lw1)
-    # `cpu_upsample_generic`: along the width on the two rows, then between them: t0 * w0 + t1 * w1 each time
-    upper = _fma(a, lw0, b * lw1)
-    lower = _fma(c, lw0, d * lw1)
-    return _fma(upper, lh0, lower * lh1)
+    # `cpu_upsample_generic`: along the width on the two rows, then between them, t0 * w0 + t1 * w1 each time.
+    # The width pass is the same for every output row that reads an input row: done once per input row.
+    rows = _fma(x[:, :, w0], lw0, x[:, :, w1] * lw1)
+    out = rows[:, h0].astype(np.float64)  # the last FMA in place, in float64 (see `_fma`)
+    out *= lh0
+    out += rows[:, h1] * lh1
+    return out.astype(np.float32)
 
 
 def _bilinear_channels_last(a, b, c, d, w00, w01, w10, w11) -> np.ndarray:
