@@ -113,6 +113,7 @@ def _masks_equal(answer, expected, flipped: float = 0.0):
         ("segformer", {}, None),
         ("mobilevit", {}, None),
         ("maskformer", {"subtask": "semantic"}, None),
+        ("maskformer", {"threshold": 0.0}, None),  # no subtask: the pipeline's order picks panoptic
         ("maskformer", {"subtask": "instance", "threshold": 0.0}, None),
         # MaskFormer's default subtask is panoptic: dropping it changes nothing, so it is checked against instance
         ("maskformer", {"subtask": "panoptic", "threshold": 0.0, "overlap_mask_area_threshold": 0.2}, "instance"),
