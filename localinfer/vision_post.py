@@ -32,9 +32,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def id2label(config: dict[str, Any]) -> dict[int, str]:
-    """The config's labels by class id."""
-    return {int(k): v for k, v in (config.get("id2label") or {}).items()}
+def label_names(config: dict[str, Any], count: int) -> list[str]:
+    """The names of `count` classes: the config's `id2label`, `LABEL_<id>` where it has none (as transformers)."""
+    names = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    return [names.get(i, f"LABEL_{i}") for i in range(count)]
 
 
 # --- resizes, as torch.nn.functional.interpolate computes them on the CPU --------------------------------------------
@@ -264,8 +265,8 @@ def classify(
     logits: np.ndarray, config: dict[str, Any], *, top_k: int, function_to_apply: str | None
 ) -> list[dict[str, Any]]:
     """One image's logits -> `[{label, score}]`, best first (pipelines/image_classification.py: postprocess)."""
-    labels = id2label(config)
-    num_labels = len(labels)
+    names = label_names(config, len(logits))
+    num_labels = len(names)
     if function_to_apply is None:
         problem = config.get("problem_type")
         if problem == "multi_label_classification" or num_labels == 1:
@@ -276,7 +277,7 @@ def classify(
             function_to_apply = config.get("function_to_apply") or "none"
     scores = {"sigmoid": sigmoid, "softmax": softmax, "none": lambda x: x}[function_to_apply](logits)
     ranked = sorted(
-        ({"label": labels[i], "score": score.item()} for i, score in enumerate(scores)),
+        ({"label": names[i], "score": score.item()} for i, score in enumerate(scores)),
         key=lambda entry: entry["score"],
         reverse=True,
     )
@@ -294,7 +295,7 @@ def detect(
     DetrImageProcessor / YolosImageProcessor.post_process_object_detection, then
     pipelines/object_detection.py: postprocess (`_get_bounding_box` truncates to int).
     """
-    labels = id2label(config)
+    names = label_names(config, logits.shape[-1] - 1)
     probabilities = softmax(logits)[:, :-1]  # the last class is "no object"
     scores, classes = probabilities.max(-1), probabilities.argmax(-1)
     centre_x, centre_y, width, height = np.moveaxis(pred_boxes, -1, 0)
@@ -307,7 +308,7 @@ def detect(
     return [
         {
             "score": score.item(),
-            "label": labels[int(label)],
+            "label": names[int(label)],
             "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), box.astype(np.int32).tolist(), strict=True)),
         }
         for score, label, box in zip(scores[keep], classes[keep], corners[keep], strict=True)

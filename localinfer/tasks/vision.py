@@ -27,7 +27,8 @@ def image_processor(model: LoadedModel) -> Any:
     if key not in model.state:
         from transformers import AutoImageProcessor
 
-        model.state[key] = AutoImageProcessor.from_pretrained(model.files)
+        # the slow processors: numpy; the fast ones need torch
+        model.state[key] = AutoImageProcessor.from_pretrained(model.files, use_fast=False)
     return model.state[key]
 
 
@@ -123,7 +124,6 @@ class ImageSegmentation(Task):
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: SegmentationParameters) -> list[dict]:
         outputs, image = run_image(model, inputs, SEGMENTATION_OUTPUTS)
-        labels = vision_post.id2label(model.config)
         try:
             segments = vision_post.segment(
                 outputs,
@@ -136,4 +136,5 @@ class ImageSegmentation(Task):
             )
         except ValueError as exc:
             raise BadRequestError(f"parameters.subtask: {exc}") from None
-        return [{"score": score, "label": labels[label], "mask": encode_mask(mask)} for label, score, mask in segments]
+        names = vision_post.label_names(model.config, 1 + max((label for label, _, _ in segments), default=0))
+        return [{"score": score, "label": names[label], "mask": encode_mask(mask)} for label, score, mask in segments]
