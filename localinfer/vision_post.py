@@ -83,10 +83,18 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int], *, align_corners: bool
     # `cpu_upsample_generic`: along the width on the two rows, then between them, t0 * w0 + t1 * w1 each time.
     # The width pass is the same for every output row that reads an input row: done once per input row.
     rows = _fma(x[:, :, w0], lw0, x[:, :, w1] * lw1)
-    out = rows[:, h0].astype(np.float64)  # the last FMA in place, in float64 (see `_fma`)
-    out *= lh0
-    out += rows[:, h1] * lh1
-    return out.astype(np.float32)
+    out = np.empty((channels, out_h, out_w), dtype=np.float32)
+    # one channel at a time, in buffers reused: the last FMA in float64 (see `_fma`)
+    blend, other = np.empty((out_h, out_w)), np.empty((out_h, out_w), dtype=np.float32)
+    lh0 = lh0.astype(np.float64)
+    for channel in range(channels):
+        np.take(rows[channel], h0, axis=0, out=other)
+        np.multiply(other, lh0, out=blend)
+        np.take(rows[channel], h1, axis=0, out=other)
+        np.multiply(other, lh1, out=other)
+        np.add(blend, other, out=blend)
+        out[channel] = blend
+    return out
 
 
 def _bilinear_channels_last(a, b, c, d, w00, w01, w10, w11) -> np.ndarray:
