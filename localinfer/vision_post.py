@@ -4,8 +4,9 @@ Image classification, object detection (DETR, YOLOS) and image segmentation (sem
 instance and panoptic: DETR, MaskFormer) are ported from `transformers/pipelines/image_classification.py`,
 `object_detection.py`, `image_segmentation.py` and the `post_process_*` methods of
 `transformers/models/{detr,yolos,maskformer,segformer,mobilevit}/image_processing_*.py`, which take torch tensors.
-The resizes reproduce torch's CPU kernels (`aten/src/ATen/native/cpu/UpSampleKernel.cpp`) value for value, and
-`topk_unsorted` the order of `torch.topk(sorted=False)`, so that masks equal the pipelines' pixel for pixel.
+The resizes reproduce torch's CPU kernels (`aten/src/ATen/native/cpu/UpSampleKernel.cpp`) value for value, as torch
+2.13's x86-64 build rounds them (with FMA), and `topk_unsorted` the order of `torch.topk(sorted=False)`, so that
+masks equal the pipelines' pixel for pixel.
 """
 
 from __future__ import annotations
