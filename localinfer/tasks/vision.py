@@ -1,17 +1,44 @@
-"""image-classification, object-detection, image-segmentation: the body is an image, decoded with Pillow."""
+"""image-classification, object-detection, image-segmentation: the body is an image, decoded with Pillow.
+
+One ONNX Runtime session (or the PyTorch model) runs the model; the model's `transformers` image processor
+prepares the pixels (numpy, no torch) and `localinfer.vision_post` turns the outputs into the pipelines' answers.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import Field
 
+from .. import vision_post
+from ..errors import BadRequestError
 from ..media import decode_image, encode_mask
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
-from .audio import ClassificationParameters, _plain
-from .base import Parameters, Task, task_pipeline
+from .audio import ClassificationParameters
+from .base import Parameters, Task
+
+
+def image_processor(model: LoadedModel) -> Any:
+    """The model's image processor, loaded once per model."""
+    key = ("image_processor",)
+    if key not in model.state:
+        from transformers import AutoImageProcessor
+
+        # the slow processors: numpy; the fast ones need torch
+        model.state[key] = AutoImageProcessor.from_pretrained(model.files, use_fast=False)
+    return model.state[key]
+
+
+def run_image(model: LoadedModel, data: bytes, outputs: tuple[str, ...]) -> tuple[dict[str, np.ndarray], Any]:
+    """Decode the image, prepare it with the image processor, run the model: its outputs and the image."""
+    image = decode_image(data)
+    # the channel axis given, not guessed: the processors guess wrongly for a 1-pixel-wide image
+    features = image_processor(model)(images=image, return_tensors="np", input_data_format="channels_last")
+    feeds = {name: np.asarray(value) for name, value in features.items()}
+    return model.runner.run(feeds, outputs), image
 
 
 class ImageClassification(Task):
@@ -23,11 +50,16 @@ class ImageClassification(Task):
     media = "image"
 
     def export_kind(self, folder: Path) -> ExportKind:
-        return ExportKind("image-classification", ort_class="ORTModelForImageClassification")
+        return ExportKind("image-classification")
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: ClassificationParameters) -> list[dict]:
-        pipe = task_pipeline(model, self.name, "image_processor")
-        return _plain(pipe(decode_image(inputs), **parameters.model_dump(exclude_none=True)))
+        outputs, _ = run_image(model, inputs, ("logits",))
+        return vision_post.classify(
+            outputs["logits"][0],
+            model.config,
+            top_k=parameters.top_k,
+            function_to_apply=parameters.function_to_apply,
+        )
 
 
 class DetectionParameters(Parameters):
@@ -37,8 +69,7 @@ class DetectionParameters(Parameters):
 class ObjectDetection(Task):
     """Image bytes answer `[{label, score, box: {xmin, ymin, xmax, ymax}}]`, boxes in pixels of the image.
 
-    optimum exports DETR and YOLOS but has no ONNX Runtime class for detection: its custom-task class
-    runs the export, and the pipeline reads `logits` and `pred_boxes` by name.
+    DETR and YOLOS: the export's `logits` and `pred_boxes` (normalised centre, width, height).
     """
 
     name = "object-detection"
@@ -47,11 +78,17 @@ class ObjectDetection(Task):
     media = "image"
 
     def export_kind(self, folder: Path) -> ExportKind:
-        return ExportKind("object-detection", ort_class="ORTModelForCustomTasks")
+        return ExportKind("object-detection")
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: DetectionParameters) -> list[dict]:
-        pipe = task_pipeline(model, self.name, "image_processor")
-        return _plain(pipe(decode_image(inputs), threshold=parameters.threshold))
+        outputs, image = run_image(model, inputs, ("logits", "pred_boxes"))
+        return vision_post.detect(
+            outputs["logits"][0],
+            outputs["pred_boxes"][0],
+            (image.height, image.width),
+            model.config,
+            parameters.threshold,
+        )
 
 
 class SegmentationParameters(Parameters):
@@ -61,12 +98,15 @@ class SegmentationParameters(Parameters):
     subtask: Literal["semantic", "instance", "panoptic"] | None = None
 
 
+# the outputs segmentation reads: per-pixel logits (SegFormer, MobileViT), or queries (DETR, MaskFormer)
+SEGMENTATION_OUTPUTS = ("logits", "pred_masks", "class_queries_logits", "masks_queries_logits")
+
+
 class ImageSegmentation(Task):
     """Image bytes answer `[{label, score, mask}]`; `mask` a base64 PNG (mode L) the size of the image.
 
-    Semantic models (SegFormer, MobileViT) run through optimum's semantic-segmentation class; DETR
-    panoptic and MaskFormer through its custom-task class. MaskFormer's export takes one input size,
-    which its image processor must resize to.
+    optimum exports SegFormer for semantic-segmentation and the others (MobileViT, DETR panoptic, MaskFormer)
+    for image-segmentation. MaskFormer's export takes one input size, which its image processor must resize to.
     """
 
     name = "image-segmentation"
@@ -76,19 +116,25 @@ class ImageSegmentation(Task):
 
     def export_kind(self, folder: Path) -> ExportKind:
         config = read_json(folder / "config.json")
-        if any(a.endswith("ForSemanticSegmentation") for a in config.get("architectures") or []):
-            task = "semantic-segmentation" if config.get("model_type") == "segformer" else "image-segmentation"
-            return ExportKind(task, ort_class="ORTModelForSemanticSegmentation")
-        return ExportKind("image-segmentation", ort_class="ORTModelForCustomTasks")
+        if config.get("model_type") == "segformer" and any(
+            a.endswith("ForSemanticSegmentation") for a in config.get("architectures") or []
+        ):
+            return ExportKind("semantic-segmentation")
+        return ExportKind("image-segmentation")
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: SegmentationParameters) -> list[dict]:
-        pipe = task_pipeline(model, self.name, "image_processor")
-        segments = pipe(decode_image(inputs), **parameters.model_dump(exclude_none=True))
-        return [
-            {
-                "score": None if s["score"] is None else float(s["score"]),
-                "label": s["label"],
-                "mask": encode_mask(s["mask"]),
-            }
-            for s in segments
-        ]
+        outputs, image = run_image(model, inputs, SEGMENTATION_OUTPUTS)
+        try:
+            segments = vision_post.segment(
+                outputs,
+                image_processor(model),
+                (image.height, image.width),
+                subtask=parameters.subtask,
+                threshold=parameters.threshold,
+                mask_threshold=parameters.mask_threshold,
+                overlap_mask_area_threshold=parameters.overlap_mask_area_threshold,
+            )
+        except ValueError as exc:
+            raise BadRequestError(f"parameters.subtask: {exc}") from None
+        names = vision_post.label_names(model.config, 1 + max((label for label, _, _ in segments), default=0))
+        return [{"score": score, "label": names[label], "mask": encode_mask(mask)} for label, score, mask in segments]

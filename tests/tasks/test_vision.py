@@ -113,6 +113,7 @@ def _masks_equal(answer, expected, flipped: float = 0.0):
         ("segformer", {}, None),
         ("mobilevit", {}, None),
         ("maskformer", {"subtask": "semantic"}, None),
+        ("maskformer", {"threshold": 0.0}, None),  # no subtask: the pipeline's order picks panoptic
         ("maskformer", {"subtask": "instance", "threshold": 0.0}, None),
         # MaskFormer's default subtask is panoptic: dropping it changes nothing, so it is checked against instance
         ("maskformer", {"subtask": "panoptic", "threshold": 0.0, "overlap_mask_area_threshold": 0.2}, "instance"),
@@ -148,6 +149,54 @@ def test_detr_panoptic_equals_the_pipeline_but_for_tie_flips(engine, tiny, param
     _masks_equal(answer, expected, flipped=0.001)
 
 
+@pytest.mark.parametrize(
+    ("parameters", "changes"),
+    [
+        ({"subtask": "semantic"}, None),
+        # DETR's instance segmentation is its panoptic one without fusing: checked against semantic instead
+        ({"subtask": "instance", "threshold": 0.5}, {"subtask": "semantic"}),
+    ],
+)
+def test_detr_panoptic_other_subtasks_equal_the_pipeline_but_for_tie_flips(engine, tiny, parameters, changes):
+    answer = _answer(tiny, "image-segmentation", "detr-panoptic")
+    expected = assert_informative(
+        answer,
+        IMAGE,
+        parameters,
+        other_inputs=IMAGE2,
+        changes=changes,
+        same=lambda a, b: _segments_same(a, b, 0.001),
+    )
+    assert len(expected) >= 2
+    answer = engine.query("tiny/detr-panoptic", {"inputs": base64.b64encode(JPEG).decode(), "parameters": parameters})
+    _masks_equal(answer, expected, flipped=0.001)
+
+
+# the outputs each export has, which the post-processing reads by name
+OUTPUTS = {
+    "vit": ["logits"],
+    "yolos": ["logits", "pred_boxes"],
+    "detr": ["logits", "pred_boxes"],
+    "segformer": ["logits"],
+    "mobilevit": ["logits"],
+    "maskformer": ["class_queries_logits", "masks_queries_logits"],
+    "detr-panoptic": ["logits", "pred_masks"],
+}
+
+
+@pytest.mark.parametrize("name", OUTPUTS)
+def test_onnx_and_torch_runners_give_the_same_outputs(engine, torch_engine, name):
+    """The export's outputs by name, and the PyTorch model's under the same names, equal."""
+    from localinfer.tasks.vision import run_image
+
+    onnx_model = engine.preload(f"tiny/{name}")
+    assert onnx_model.runner.output_names == OUTPUTS[name]
+    onnx_outputs, _ = run_image(onnx_model, JPEG, ())
+    torch_outputs, _ = run_image(torch_engine.preload(f"tiny/{name}"), JPEG, ())
+    for output in OUTPUTS[name]:
+        np.testing.assert_allclose(onnx_outputs[output], torch_outputs[output], rtol=1e-3, atol=1e-4)
+
+
 def test_torch_backend_answers_the_same(engine, torch_engine):
     for name in ("vit", "yolos", "detr"):
         assert_close(torch_engine.query(f"tiny/{name}", JPEG), engine.query(f"tiny/{name}", JPEG))
@@ -167,9 +216,58 @@ def test_undecodable_image_is_400(engine, data):
         ("segformer", {"subtask": "everything"}, "parameters.subtask"),
         ("segformer", {"mask_threshold": -1}, "parameters.mask_threshold"),
         ("segformer", {"overlap_mask_area_threshold": 2}, "parameters.overlap_mask_area_threshold"),
+        ("segformer", {"subtask": "panoptic"}, "parameters.subtask"),  # SegFormer's processor has no panoptic
     ],
 )
 def test_bad_parameters_are_400(engine, model, parameters, field):
     with pytest.raises(BadRequestError) as info:
         engine.query(f"tiny/{model}", {"inputs": base64.b64encode(JPEG).decode(), "parameters": parameters})
     assert field in info.value.body["error"]
+
+
+# one fixture model per task, for the checks that run each task once
+ONE_PER_TASK = {"image-classification": "vit", "object-detection": "yolos", "image-segmentation": "maskformer"}
+
+_CHILD = """
+import base64, json, sys
+from localinfer import LocalInference
+
+engine = LocalInference(sys.argv[1], sys.argv[2])
+payload = {"inputs": sys.argv[3], "parameters": {}, "options": {"use_cache": False}}
+answers = {name: engine.query("tiny/" + name, payload) for name in sys.argv[4:]}
+loaded = [m for m in ("torch", "optimum", "sentence_transformers") if m in sys.modules]
+print(json.dumps({"loaded": loaded, "answers": answers}))
+"""
+
+
+def test_vision_tasks_run_without_torch(engine, tiny, home, tmp_path):
+    """Each task answers in a fresh process that loads only the export: no torch, optimum or sentence-transformers
+    in `sys.modules` after the queries, and the answers equal this process's.
+
+    `import transformers` imports torch wherever torch is installed; USE_TORCH=0 makes it behave as in an
+    install without torch (its models unavailable, its processors in numpy), so that what is left is localinfer's.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.tiny_models import write_models_toml
+
+    names = list(ONE_PER_TASK.values())
+    for name in names:  # exported here, so that the child only loads the exports
+        engine.export(f"tiny/{name}")
+    toml = write_models_toml(tmp_path / "models.toml", {name: tiny[name] for name in names})
+    image = base64.b64encode(JPEG).decode()
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(toml), str(home), image, *names],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent.parent,
+        env={**os.environ, "USE_TORCH": "0"},
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    for name in names:
+        assert_close(result["answers"][name], engine.query(f"tiny/{name}", JPEG))
