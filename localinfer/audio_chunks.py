@@ -36,7 +36,7 @@ def chunk_samples(
         stride_length_s = chunk_length_s / 6
     chunk_len = int(round(chunk_length_s * sampling_rate / align_to) * align_to)
     stride = int(round(stride_length_s * sampling_rate / align_to) * align_to)
-    if chunk_len < 2 * stride:
+    if chunk_len <= 2 * stride:  # the pipeline checks `<`; at `==` its chunk_iter fails on a range of step 0
         raise ValueError("Chunk length must be superior to stride length")
     return chunk_len, stride, stride
 

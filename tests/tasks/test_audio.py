@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,7 @@ SPEECH = _decode(FLAC, 16000)  # 13.7 s
 FIRST_HALF = _wav(SPEECH[:110000], "the first 6.9 s of sample1.flac")  # what a decoder that stops early hears
 LONG = _wav(np.concatenate([SPEECH, SPEECH, SPEECH]), "sample1.flac three times, 41 s")  # beyond Whisper's 30 s
 FIRST_WINDOW = _wav(np.concatenate([SPEECH, SPEECH, SPEECH])[: 30 * 16000], "the first 30 s of the 41 s")
+REVERSED = _wav(np.concatenate([SPEECH, SPEECH[::-1], SPEECH]), "sample1.flac forwards, backwards, forwards, 41 s")
 
 
 def _oracle(tiny, task, name):
@@ -111,6 +113,25 @@ def test_chunked_and_stitched_as_the_pipeline(engine, tiny, name, chunking):
     oracle = _oracle(tiny, "automatic-speech-recognition", name)
     expected = assert_informative(_answer(oracle), FLAC, chunking, other_inputs=FIRST_HALF)["text"]
     assert engine.query(f"tiny/{name}", _payload(FLAC, chunking)) == {"text": expected}
+
+
+@pytest.mark.parametrize(
+    ("data", "chunking", "changes"),
+    [
+        (LONG, {"chunk_length_s": 5.0}, {}),
+        (REVERSED, {"chunk_length_s": 10.0, "stride_length_s": 0.0}, {"chunk_length_s": 9.0, "stride_length_s": 2.0}),
+        (FIRST_WINDOW, {"chunk_length_s": 7.3, "stride_length_s": 1.7}, {"chunk_length_s": 6.0}),
+    ],
+)
+def test_ctc_long_audio_chunked_as_the_pipeline(engine, tiny, data, chunking, changes):
+    """30 s and 41 s through a CTC model, chunked with the default stride (a sixth of the chunk), with none, with
+    lengths that are not a multiple of the model's 80 samples per frame: the frames of each chunk's stride are
+    dropped and the rest concatenated as the pipeline does. The answer changes with each chunk parameter (and
+    unchunked, in the first case: the others change chunk_length_s rather than drop it, as unchunked is slow)."""
+    oracle = _oracle(tiny, "automatic-speech-recognition", "wav2vec2-ctc")
+    other = REVERSED if data is LONG else LONG
+    expected = assert_informative(_answer(oracle), data, chunking, other_inputs=other, changes=changes)["text"]
+    assert engine.query("tiny/wav2vec2-ctc", _payload(data, chunking)) == {"text": expected}
 
 
 def test_whisper_is_chunked_beyond_its_window(engine, tiny):
@@ -171,6 +192,8 @@ def test_undecodable_audio_is_400(engine, data):
         ("wav2vec2-classifier", {"function_to_apply": "relu"}, "parameters.function_to_apply"),
         ("wav2vec2-ctc", {"chunk_length_s": 0}, "parameters.chunk_length_s"),
         ("wav2vec2-ctc", {"stride_length_s": -1}, "parameters.stride_length_s"),
+        ("wav2vec2-ctc", {"chunk_length_s": 2.0, "stride_length_s": 1.5}, "parameters.stride_length_s"),
+        ("whisper", {"chunk_length_s": 2.0, "stride_length_s": 1.5}, "parameters.stride_length_s"),
         ("wav2vec2-ctc", {"language": "fr"}, "parameters.language: unknown parameter"),
     ],
 )
@@ -178,3 +201,32 @@ def test_bad_parameters_are_400(engine, model, parameters, field):
     with pytest.raises(BadRequestError) as info:
         engine.query(f"tiny/{model}", _payload(FLAC, parameters))
     assert field in info.value.body["error"]
+
+
+def test_ctc_and_audio_classification_run_without_torch(engine, tmp_path):
+    """In an interpreter where torch, optimum and sentence-transformers cannot be imported (tests/torchless.py), the
+    exports made here answer what they answer here: CTC unchunked and chunked, audio classification; and none of
+    those libraries was imported."""
+    from tests.fixtures.tiny_models import write_models_toml
+    from tests.torchless import run_without_torch
+
+    names = ("wav2vec2-ctc", "wav2vec2-classifier")
+    toml = write_models_toml(tmp_path / "models.toml", {name: engine.export(f"tiny/{name}") for name in names})
+    queries = [
+        ("tiny/wav2vec2-ctc", _payload(FLAC, {})),
+        ("tiny/wav2vec2-ctc", _payload(LONG, {"chunk_length_s": 5.0})),
+        ("tiny/wav2vec2-classifier", _payload(FLAC, {"top_k": 3})),
+    ]
+    (tmp_path / "queries.json").write_text(json.dumps(queries))
+    code = f"""
+import json, sys
+from localinfer import LocalInference
+engine = LocalInference({str(toml)!r}, {str(tmp_path / "home")!r})
+queries = json.loads(open({str(tmp_path / "queries.json")!r}).read())
+answers = [engine.query(model, payload) for model, payload in queries]
+imported = [name for name in ("torch", "optimum", "sentence_transformers") if name in sys.modules]
+print(json.dumps({{"answers": answers, "imported": imported}}))
+"""
+    found = run_without_torch(code, tmp_path)
+    assert found["imported"] == []
+    assert_close(found["answers"], [engine.query(model, payload) for model, payload in queries])
