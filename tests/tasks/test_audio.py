@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -201,32 +200,3 @@ def test_bad_parameters_are_400(engine, model, parameters, field):
     with pytest.raises(BadRequestError) as info:
         engine.query(f"tiny/{model}", _payload(FLAC, parameters))
     assert field in info.value.body["error"]
-
-
-def test_ctc_and_audio_classification_run_without_torch(engine, tmp_path):
-    """In an interpreter where torch, optimum and sentence-transformers cannot be imported (tests/torchless.py), the
-    exports made here answer what they answer here: CTC unchunked and chunked, audio classification; and none of
-    those libraries was imported."""
-    from tests.fixtures.tiny_models import write_models_toml
-    from tests.torchless import run_without_torch
-
-    names = ("wav2vec2-ctc", "wav2vec2-classifier")
-    toml = write_models_toml(tmp_path / "models.toml", {name: engine.export(f"tiny/{name}") for name in names})
-    queries = [
-        ("tiny/wav2vec2-ctc", _payload(FLAC, {})),
-        ("tiny/wav2vec2-ctc", _payload(LONG, {"chunk_length_s": 5.0})),
-        ("tiny/wav2vec2-classifier", _payload(FLAC, {"top_k": 3})),
-    ]
-    (tmp_path / "queries.json").write_text(json.dumps(queries))
-    code = f"""
-import json, sys
-from localinfer import LocalInference
-engine = LocalInference({str(toml)!r}, {str(tmp_path / "home")!r})
-queries = json.loads(open({str(tmp_path / "queries.json")!r}).read())
-answers = [engine.query(model, payload) for model, payload in queries]
-imported = [name for name in ("torch", "optimum", "sentence_transformers") if name in sys.modules]
-print(json.dumps({{"answers": answers, "imported": imported}}))
-"""
-    found = run_without_torch(code, tmp_path)
-    assert found["imported"] == []
-    assert_close(found["answers"], [engine.query(model, payload) for model, payload in queries])
