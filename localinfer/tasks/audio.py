@@ -1,21 +1,45 @@
-"""automatic-speech-recognition and audio-classification: the body is an audio file, decoded with PyAV."""
+"""automatic-speech-recognition and audio-classification: the body is an audio file, decoded with PyAV.
+
+CTC models (wav2vec2) and audio classifiers run from one ONNX Runtime session (or the PyTorch model), with the
+model's feature extractor before it and the pipelines' post-processing ported to numpy after it. Whisper, an
+encoder-decoder, still runs through the transformers pipeline (its generation is not ported yet).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import Field
 
+from ..audio_chunks import chunk_iter, chunk_samples, rescale_stride, strip_stride
+from ..errors import BadRequestError
 from ..media import decode_audio
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .base import FunctionToApply, Parameters, Task, task_pipeline
+from .text_classification import sigmoid, softmax
 
 
-def _audio(model: LoadedModel, data: bytes, pipe: Any) -> dict[str, Any]:
-    rate = pipe.feature_extractor.sampling_rate
-    return {"raw": decode_audio(data, rate), "sampling_rate": rate}
+def _is_ctc(folder: Path) -> bool:
+    architectures = read_json(folder / "config.json").get("architectures") or []
+    return any(a.endswith("ForCTC") for a in architectures)
+
+
+def _preprocessors(model: LoadedModel) -> Any:
+    """The model's feature extractor and its transformers config (for `inputs_to_logits_ratio`), loaded once."""
+    if "audio-preprocessors" not in model.state:
+        from transformers import AutoConfig, AutoFeatureExtractor
+
+        extractor = AutoFeatureExtractor.from_pretrained(model.files)
+        model.state["audio-preprocessors"] = extractor, AutoConfig.from_pretrained(model.files)
+    return model.state["audio-preprocessors"]
+
+
+def _features(extractor: Any, samples: np.ndarray, **options: Any) -> dict[str, np.ndarray]:
+    """The feature extractor's arrays for one clip (a batch of one), as the pipelines compute them."""
+    return dict(extractor(samples, sampling_rate=extractor.sampling_rate, return_tensors="np", **options))
 
 
 class SpeechRecognitionParameters(Parameters):
@@ -36,19 +60,73 @@ class AutomaticSpeechRecognition(Task):
     media = "audio"
 
     def export_kind(self, folder: Path) -> ExportKind:
-        architectures = read_json(folder / "config.json").get("architectures") or []
-        if any(a.endswith("ForCTC") for a in architectures):
-            return ExportKind("automatic-speech-recognition", ort_class="ORTModelForCTC")
+        if _is_ctc(folder):
+            return ExportKind("automatic-speech-recognition")
         return ExportKind("automatic-speech-recognition-with-past", ort_class="ORTModelForSpeechSeq2Seq")
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: SpeechRecognitionParameters) -> dict:
-        pipe = task_pipeline(model, self.name, "tokenizer", "feature_extractor")
-        audio = _audio(model, inputs, pipe)
-        kwargs = parameters.model_dump(exclude_none=True)
-        window = getattr(pipe.feature_extractor, "chunk_length", None)  # Whisper's 30 s
-        if window and "chunk_length_s" not in kwargs and len(audio["raw"]) > window * audio["sampling_rate"]:
-            kwargs["chunk_length_s"] = window
-        return {"text": pipe(audio, **kwargs)["text"]}
+        if model.kind.ort_class is None:
+            return {"text": _ctc(model, inputs, parameters)}
+        return {"text": _whisper(model, inputs, parameters)}
+
+
+def _chunking(
+    parameters: SpeechRecognitionParameters, sampling_rate: int, align_to: int
+) -> tuple[int, int, int] | None:
+    """The chunk and strides in samples, or None when the request asks for no chunking."""
+    if not parameters.chunk_length_s:
+        return None
+    try:
+        return chunk_samples(parameters.chunk_length_s, parameters.stride_length_s, sampling_rate, align_to)
+    except ValueError:
+        raise BadRequestError(
+            "parameters.stride_length_s: the strides on both sides must not exceed chunk_length_s"
+        ) from None
+
+
+def _ctc(model: LoadedModel, data: bytes, parameters: SpeechRecognitionParameters) -> str:
+    """Greedy CTC: the argmax frame by frame, then the tokenizer's CTC decoding (repeats and blanks collapsed).
+
+    As `AutomaticSpeechRecognitionPipeline` does for CTC models: unchunked unless `chunk_length_s` is given; each
+    chunk runs alone and keeps only the frames outside its stride (see localinfer/audio_chunks.py).
+    """
+    extractor, config = _preprocessors(model)
+    samples = decode_audio(data, extractor.sampling_rate)
+    ratio = config.inputs_to_logits_ratio  # audio samples per logits frame
+    chunking = _chunking(parameters, extractor.sampling_rate, ratio)
+    if chunking is None:
+        features = _features(extractor, samples, return_attention_mask=True)
+        tokens = model.runner.run(features, ["logits"])["logits"].argmax(axis=-1)
+    else:
+        pieces = []
+        for chunk in chunk_iter(samples, *chunking):
+            features = _features(extractor, chunk.samples, return_attention_mask=True)
+            logits = model.runner.run(features, ["logits"])["logits"]
+            pieces.append(strip_stride(logits.argmax(axis=-1), rescale_stride(chunk.stride, 1 / ratio)))
+        tokens = np.concatenate(pieces, axis=1)
+    # The pipeline decodes CTC output with the special tokens kept (its `skip_special_tokens = type != "ctc"`).
+    return _ctc_tokenizer(model).decode(tokens[0], skip_special_tokens=False)
+
+
+def _ctc_tokenizer(model: LoadedModel) -> Any:
+    if "ctc-tokenizer" not in model.state:
+        from transformers import AutoTokenizer
+
+        model.state["ctc-tokenizer"] = AutoTokenizer.from_pretrained(model.files)
+    return model.state["ctc-tokenizer"]
+
+
+def _whisper(model: LoadedModel, data: bytes, parameters: SpeechRecognitionParameters) -> str:
+    """Whisper through the transformers pipeline around optimum's model (torch), chunked beyond its 30 s window."""
+    pipe = task_pipeline(model, "automatic-speech-recognition", "tokenizer", "feature_extractor")
+    rate = pipe.feature_extractor.sampling_rate
+    audio = {"raw": decode_audio(data, rate), "sampling_rate": rate}
+    _chunking(parameters, rate, 1)  # the pipeline aligns Whisper's chunks to single samples
+    kwargs = parameters.model_dump(exclude_none=True)
+    window = getattr(pipe.feature_extractor, "chunk_length", None)  # Whisper's 30 s
+    if window and "chunk_length_s" not in kwargs and len(audio["raw"]) > window * audio["sampling_rate"]:
+        kwargs["chunk_length_s"] = window
+    return pipe(audio, **kwargs)["text"]
 
 
 class ClassificationParameters(Parameters):
@@ -65,11 +143,18 @@ class AudioClassification(Task):
     media = "audio"
 
     def export_kind(self, folder: Path) -> ExportKind:
-        return ExportKind("audio-classification", ort_class="ORTModelForAudioClassification")
+        return ExportKind("audio-classification")
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: ClassificationParameters) -> list[dict]:
-        pipe = task_pipeline(model, self.name, "feature_extractor")
-        return _plain(pipe(_audio(model, inputs, pipe), **parameters.model_dump(exclude_none=True)))
+        """As `AudioClassificationPipeline.postprocess`: softmax unless asked otherwise (whatever the config's
+        problem type), the `top_k` best, `top_k` capped at the number of labels."""
+        extractor, config = _preprocessors(model)
+        features = _features(extractor, decode_audio(inputs, extractor.sampling_rate))
+        logits = model.runner.run(features, ["logits"])["logits"][0].astype(np.float32)
+        function = parameters.function_to_apply or "softmax"
+        scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x}[function](logits)
+        best = np.argsort(-scores, kind="stable")[: min(parameters.top_k, config.num_labels)]
+        return [{"score": float(scores[i]), "label": config.id2label[int(i)]} for i in best]
 
 
 def _plain(entries: list[dict]) -> list[dict]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import BadRequestError
+from ..errors import BadRequestError, InferenceError
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .base import Parameters, Task
@@ -74,6 +75,7 @@ class TableQuestionAnswering(Task):
 
 def _tokenizer(model: LoadedModel) -> Any:
     if "table-tokenizer" not in model.state:
+        _pandas()  # the TAPAS tokenizer's module needs it
         from transformers import AutoTokenizer
 
         model.state["table-tokenizer"] = AutoTokenizer.from_pretrained(model.files)
@@ -86,10 +88,7 @@ def _tapas(
     queries: list[str],
     parameters: TableQuestionAnsweringParameters,
 ) -> list[dict]:
-    import numpy as np
-    import pandas as pd
-    import torch
-
+    pd = _pandas()
     tokenizer = _tokenizer(model)
     table = pd.DataFrame(table_data)
     truncation = "drop_rows_to_fit" if parameters.truncation is None else parameters.truncation
@@ -105,14 +104,11 @@ def _tapas(
     outputs = {name: np.concatenate([row[name] for row in rows]) for name in names}
     labels = {int(k): v for k, v in (model.config.get("aggregation_labels") or {}).items()}
     aggregate = bool(labels) and bool(model.config.get("num_aggregation_labels"))
-    data = {name: torch.from_numpy(array) for name, array in feeds.items()}
-    logits = torch.from_numpy(outputs["logits"])
-    if aggregate:
-        coordinates, aggregations = tokenizer.convert_logits_to_predictions(
-            data, logits, torch.from_numpy(outputs["logits_aggregation"])
-        )
-    else:
-        coordinates, aggregations = tokenizer.convert_logits_to_predictions(data, logits)[0], None
+    coordinates = [
+        _selected_cells(logits, feeds["attention_mask"][i], feeds["token_type_ids"][i])
+        for i, logits in enumerate(outputs["logits"])
+    ]
+    aggregations = outputs["logits_aggregation"].argmax(axis=-1) if aggregate else None
     answers = []
     for index, cells_at in enumerate(coordinates):
         aggregator, prefix = "NONE", ""
@@ -130,6 +126,40 @@ def _tapas(
             }
         )
     return answers
+
+
+def _selected_cells(
+    logits: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray, threshold: float = 0.5
+) -> list[tuple[int, int]]:
+    """The (row, column) of the cells whose tokens' mean probability exceeds `threshold`, sorted, for one query.
+
+    A numpy port of `TapasTokenizer.convert_logits_to_predictions` (transformers/models/tapas/
+    tokenization_tapas.py, with `_get_mean_cell_probs`), which takes torch tensors: a token's probability is the
+    sigmoid of its logit, a cell's the mean over its table tokens (segment 1, row and column ids from 1).
+    """
+    logits = np.maximum(logits, np.float32(-88.7))  # as the tokenizer clips: exp(88.7) is float32's largest
+    probabilities = 1 / (1 + np.exp(-logits)) * attention_mask
+    # token_type_ids holds, per token: segment, column, row, previous label, column ranks, numeric relations
+    segments, columns, rows = token_type_ids[:, 0], token_type_ids[:, 1], token_type_ids[:, 2]
+    in_table = (segments == 1) & (columns > 0) & (rows > 0)
+    cells, cell_of_token = np.unique(np.stack([rows[in_table], columns[in_table]], axis=1), axis=0, return_inverse=True)
+    sums = np.zeros(len(cells))
+    np.add.at(sums, cell_of_token.reshape(-1), probabilities[in_table])
+    means = sums / np.bincount(cell_of_token.reshape(-1), minlength=len(cells))
+    return sorted(
+        (int(row) - 1, int(column) - 1) for (row, column), mean in zip(cells, means, strict=True) if mean > threshold
+    )
+
+
+def _pandas() -> Any:
+    """pandas, which the TAPAS and TAPEX tokenizers take tables in; a 500 naming the extra when it is missing."""
+    try:
+        import pandas
+    except ImportError:
+        raise InferenceError(
+            "table-question-answering needs pandas, which is not installed: pip install 'localinfer[tapas]'"
+        ) from None
+    return pandas
 
 
 def _tapex(model: LoadedModel, item: TableQuery, parameters: TableQuestionAnsweringParameters) -> dict:

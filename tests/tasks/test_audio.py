@@ -68,6 +68,7 @@ SPEECH = _decode(FLAC, 16000)  # 13.7 s
 FIRST_HALF = _wav(SPEECH[:110000], "the first 6.9 s of sample1.flac")  # what a decoder that stops early hears
 LONG = _wav(np.concatenate([SPEECH, SPEECH, SPEECH]), "sample1.flac three times, 41 s")  # beyond Whisper's 30 s
 FIRST_WINDOW = _wav(np.concatenate([SPEECH, SPEECH, SPEECH])[: 30 * 16000], "the first 30 s of the 41 s")
+REVERSED = _wav(np.concatenate([SPEECH, SPEECH[::-1], SPEECH]), "sample1.flac forwards, backwards, forwards, 41 s")
 
 
 def _oracle(tiny, task, name):
@@ -111,6 +112,25 @@ def test_chunked_and_stitched_as_the_pipeline(engine, tiny, name, chunking):
     oracle = _oracle(tiny, "automatic-speech-recognition", name)
     expected = assert_informative(_answer(oracle), FLAC, chunking, other_inputs=FIRST_HALF)["text"]
     assert engine.query(f"tiny/{name}", _payload(FLAC, chunking)) == {"text": expected}
+
+
+@pytest.mark.parametrize(
+    ("data", "chunking", "changes"),
+    [
+        (LONG, {"chunk_length_s": 5.0}, {}),
+        (REVERSED, {"chunk_length_s": 10.0, "stride_length_s": 0.0}, {"chunk_length_s": 9.0, "stride_length_s": 2.0}),
+        (FIRST_WINDOW, {"chunk_length_s": 7.3, "stride_length_s": 1.7}, {"chunk_length_s": 6.0}),
+    ],
+)
+def test_ctc_long_audio_chunked_as_the_pipeline(engine, tiny, data, chunking, changes):
+    """30 s and 41 s through a CTC model, chunked with the default stride (a sixth of the chunk), with none, with
+    lengths that are not a multiple of the model's 80 samples per frame: the frames of each chunk's stride are
+    dropped and the rest concatenated as the pipeline does. The answer changes with each chunk parameter (and
+    unchunked, in the first case: the others change chunk_length_s rather than drop it, as unchunked is slow)."""
+    oracle = _oracle(tiny, "automatic-speech-recognition", "wav2vec2-ctc")
+    other = REVERSED if data is LONG else LONG
+    expected = assert_informative(_answer(oracle), data, chunking, other_inputs=other, changes=changes)["text"]
+    assert engine.query("tiny/wav2vec2-ctc", _payload(data, chunking)) == {"text": expected}
 
 
 def test_whisper_is_chunked_beyond_its_window(engine, tiny):
@@ -171,6 +191,8 @@ def test_undecodable_audio_is_400(engine, data):
         ("wav2vec2-classifier", {"function_to_apply": "relu"}, "parameters.function_to_apply"),
         ("wav2vec2-ctc", {"chunk_length_s": 0}, "parameters.chunk_length_s"),
         ("wav2vec2-ctc", {"stride_length_s": -1}, "parameters.stride_length_s"),
+        ("wav2vec2-ctc", {"chunk_length_s": 2.0, "stride_length_s": 1.5}, "parameters.stride_length_s"),
+        ("whisper", {"chunk_length_s": 2.0, "stride_length_s": 1.5}, "parameters.stride_length_s"),
         ("wav2vec2-ctc", {"language": "fr"}, "parameters.language: unknown parameter"),
     ],
 )

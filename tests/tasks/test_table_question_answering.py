@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from localinfer import BadRequestError
@@ -115,3 +116,28 @@ def test_bad_requests_are_400_naming_the_field(engine, inputs, parameters, messa
     with pytest.raises(BadRequestError) as info:
         engine.query("tiny/tapas", {"inputs": inputs, "parameters": parameters})
     assert message in info.value.body["error"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tapas_cell_selection_as_the_tokenizer(tiny, seed):
+    """The numpy cell selection against `TapasTokenizer.convert_logits_to_predictions` (torch tensors), on logits
+    drawn near the threshold (the tiny model's own are far from it): cells of several tokens ("New York", "324"),
+    question tokens, padding, and logits below the tokenizer's clip at -88.7."""
+    import pandas as pd
+    import torch
+    from transformers import AutoTokenizer
+
+    from localinfer.tasks.table_question_answering import _selected_cells
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tapas"])
+    table = pd.DataFrame({column: OTHER_TABLE[column] + cells for column, cells in TABLE.items()})
+    encoded = tokenizer(table=table, queries=QUERIES, padding=True, return_tensors="np")
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, encoded["input_ids"].shape).astype(np.float32)
+    logits[rng.random(logits.shape) < 0.1] = -100.0
+    rows = zip(logits, encoded["attention_mask"], encoded["token_type_ids"], strict=True)
+    found = [_selected_cells(*row) for row in rows]
+    data = {name: torch.from_numpy(encoded[name]) for name in ("input_ids", "attention_mask", "token_type_ids")}
+    (expected,) = tokenizer.convert_logits_to_predictions(data, torch.from_numpy(logits.copy()))
+    assert found == expected
+    assert all(found) and len({repr(cells) for cells in found}) == len(QUERIES)  # cells chosen, otherwise per query
