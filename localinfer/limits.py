@@ -22,12 +22,15 @@ PILLOW_MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
 class Limits:
     """`max_json_depth`: nesting of a payload's JSON; `max_list_items`: items of any list in the inputs or the
     parameters; `max_image_pixels`: width x height of an image body; `max_audio_seconds`: duration of an audio
-    body, decoded."""
+    body, decoded; `max_unchunked_audio_seconds`: the longest audio a model without a window of its own (wav2vec2's
+    attention grows with the square of the duration) takes in one pass: CTC speech recognition chunks longer audio
+    by default and refuses longer chunks, audio classification refuses longer audio."""
 
     max_json_depth: int = 64
     max_list_items: int = 1024
     max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS
     max_audio_seconds: float = 3600.0
+    max_unchunked_audio_seconds: float = 30.0
 
     # The name of each bound's setting, for messages: the Python argument and the command-line flag.
     @staticmethod

@@ -29,6 +29,16 @@ FAMILIES = {
         ("tiny/st-mean-normalize", {"inputs": {"source_sentence": WORDS, "sentences": [WORDS, "a day"]}}),
         ("tiny/distilbert-sentiment", {"inputs": ["@words 500"] * 1000}),
     ],
+    "audio": [
+        ("tiny/wav2vec2-ctc", "@audio 600"),  # chunked by default
+        ("tiny/wav2vec2-ctc", {"inputs": "@audio 600", "parameters": {"chunk_length_s": 30}}),
+        ("tiny/wav2vec2-classifier", "@audio 600"),  # 413: beyond one pass
+    ],
+    "images": [
+        (f"tiny/{name}", f"@image {size}")
+        for name in ("vit", "yolos", "detr", "segformer", "mobilevit", "maskformer", "detr-panoptic")
+        for size in ("1x1", "3x2000", "2000x3")
+    ],
 }
 
 
@@ -39,7 +49,8 @@ def test_far_beyond_the_window_under_a_memory_limit(engine, tiny, home, tmp_path
         engine.export(model)  # exports need torch: made here, so the child only loads them
     toml = write_models_toml(tmp_path / "models.toml", tiny)
     (tmp_path / "cases.json").write_text(json.dumps([{"model": m, "payload": p} for m, p in cases]))
-    env = {**os.environ, "LOCALINFER_HOME": str(home), "LOCALINFER_MODELS": str(toml)}
+    # USE_TORCH=0: transformers would import torch by itself where it is installed; a runtime-only install has none.
+    env = {**os.environ, "LOCALINFER_HOME": str(home), "LOCALINFER_MODELS": str(toml), "USE_TORCH": "0"}
     done = subprocess.run(
         [sys.executable, bounded_child.__file__, str(LIMIT_MB), str(tmp_path / "cases.json"), str(tmp_path / "out")],
         env=env,

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field
 
+from .. import limits
 from ..audio_chunks import chunk_iter, chunk_samples, rescale_stride, strip_stride
-from ..errors import BadRequestError
+from ..errors import BadRequestError, PayloadTooLargeError
 from ..media import decode_audio
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
@@ -93,6 +94,16 @@ def _ctc(model: LoadedModel, data: bytes, parameters: SpeechRecognitionParameter
     extractor, config = _preprocessors(model)
     samples = decode_audio(data, extractor.sampling_rate)
     ratio = config.inputs_to_logits_ratio  # audio samples per logits frame
+    window = limits.current().max_unchunked_audio_seconds
+    if parameters.chunk_length_s is not None and parameters.chunk_length_s > window:
+        raise BadRequestError(
+            f"parameters.chunk_length_s: at most {window:g} s in one pass "
+            f"({limits.Limits.setting('max_unchunked_audio_seconds')})"
+        )
+    if parameters.chunk_length_s is None and samples.size > window * extractor.sampling_rate:
+        # Unlike the pipeline (which would run it in one pass, its memory growing with the square of the duration),
+        # long audio is chunked by default, at the bound, with the pipeline's default strides.
+        parameters = parameters.model_copy(update={"chunk_length_s": window})
     chunking = _chunking(parameters, extractor.sampling_rate, ratio)
     if chunking is None:
         features = _features(extractor, samples, return_attention_mask=True)
@@ -149,7 +160,16 @@ class AudioClassification(Task):
         """As `AudioClassificationPipeline.postprocess`: softmax unless asked otherwise (whatever the config's
         problem type), the `top_k` best, `top_k` capped at the number of labels."""
         extractor, config = _preprocessors(model)
-        features = _features(extractor, decode_audio(inputs, extractor.sampling_rate))
+        samples = decode_audio(inputs, extractor.sampling_rate)
+        window = limits.current().max_unchunked_audio_seconds
+        if getattr(extractor, "feature_size", None) == 1 and samples.size > window * extractor.sampling_rate:
+            # A raw-waveform model (wav2vec2, HuBERT) takes the whole clip in one pass; a spectrogram extractor
+            # (AST) cuts it to its own window, so any duration is bounded there.
+            raise PayloadTooLargeError(
+                f"inputs: audio of {samples.size / extractor.sampling_rate:.1f} s; this model classifies at most "
+                f"{window:g} s in one pass ({limits.Limits.setting('max_unchunked_audio_seconds')})"
+            )
+        features = _features(extractor, samples)
         logits = model.runner.run(features, ["logits"])["logits"][0].astype(np.float32)
         function = parameters.function_to_apply or "softmax"
         scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x}[function](logits)

@@ -36,7 +36,12 @@ def run_image(model: LoadedModel, data: bytes, outputs: tuple[str, ...]) -> tupl
     """Decode the image, prepare it with the image processor, run the model: its outputs and the image."""
     image = decode_image(data)
     # the channel axis given, not guessed: the processors guess wrongly for a 1-pixel-wide image
-    features = image_processor(model)(images=image, return_tensors="np", input_data_format="channels_last")
+    try:
+        features = image_processor(model)(images=image, return_tensors="np", input_data_format="channels_last")
+    except ValueError as exc:  # e.g. DETR's and YOLOS's resizes round the short side of a 3x2000 image to 0
+        raise BadRequestError(
+            f"inputs: this model's image processor cannot prepare a {image.width}x{image.height} image ({exc})"
+        ) from None
     feeds = {name: np.asarray(value) for name, value in features.items()}
     return model.runner.run(feeds, outputs), image
 

@@ -143,6 +143,31 @@ def test_whisper_is_chunked_beyond_its_window(engine, tiny):
     assert engine.query("tiny/whisper", LONG) == {"text": expected}
 
 
+def test_ctc_long_audio_is_chunked_by_default(engine, tiny):
+    """41 s with no parameters: beyond Limits.max_unchunked_audio_seconds (30 s), so chunked by 30 s with the default
+    strides, as the pipeline answers with chunk_length_s=30 (unasked, the pipeline would run all 41 s in one pass,
+    its memory growing with the square of the duration)."""
+    oracle = _oracle(tiny, "automatic-speech-recognition", "wav2vec2-ctc")
+    expected = assert_informative(
+        _answer(oracle), LONG, {"chunk_length_s": 30}, other_inputs=REVERSED, changes={"chunk_length_s": 20}
+    )["text"]
+    assert engine.query("tiny/wav2vec2-ctc", LONG) == {"text": expected}
+
+
+def test_audio_classification_beyond_one_pass_is_413_unless_allowed(engine, tiny, home, tmp_path):
+    from localinfer import LocalInference, PayloadTooLargeError
+    from localinfer.limits import Limits
+    from tests.fixtures.tiny_models import write_models_toml
+
+    with pytest.raises(PayloadTooLargeError, match=r"audio of 41\.\d s; this model classifies at most 30 s"):
+        engine.query("tiny/wav2vec2-classifier", LONG)
+    allowed = LocalInference(
+        write_models_toml(tmp_path / "models.toml", tiny), home, limits=Limits(max_unchunked_audio_seconds=60)
+    )
+    pipe = _oracle(tiny, "audio-classification", "wav2vec2-classifier")
+    assert_close(allowed.query("tiny/wav2vec2-classifier", LONG), pipe(_audio(pipe, LONG), top_k=5))
+
+
 @pytest.mark.parametrize("sample", ["sample1_dual.ogg", "sample1.webm"])
 def test_other_containers(engine, tiny, sample):
     """The lossy codecs change the samples enough to change the transcript: the decoding itself is tested."""
@@ -192,6 +217,7 @@ def test_undecodable_audio_is_400(engine, data):
         ("wav2vec2-ctc", {"chunk_length_s": 0}, "parameters.chunk_length_s"),
         ("wav2vec2-ctc", {"stride_length_s": -1}, "parameters.stride_length_s"),
         ("wav2vec2-ctc", {"chunk_length_s": 2.0, "stride_length_s": 1.5}, "parameters.stride_length_s"),
+        ("wav2vec2-ctc", {"chunk_length_s": 31.0}, "parameters.chunk_length_s: at most 30 s in one pass"),
         ("whisper", {"chunk_length_s": 2.0, "stride_length_s": 1.5}, "parameters.stride_length_s"),
         ("wav2vec2-ctc", {"language": "fr"}, "parameters.language: unknown parameter"),
     ],
