@@ -1,0 +1,354 @@
+"""The decoding loop against `transformers.generate` on PyTorch models: token-identical for greedy and beam search,
+the same distribution for sampling; `resolve_settings` against what the pipelines build."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from localinfer.decoding import GenerationSettings, generate, stream
+from localinfer.decoding.search import resolve_lengths
+from tests.decoding_helpers import TorchStepModel, build, settings_for, torch_generate
+
+P1, P2 = [5, 9, 13, 17, 21], [40, 3, 33, 8]
+P3 = P1 + [44, 18, 23] + P1  # holds the trigram beam search wants next
+DROP = object()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run ten times faster on one torch thread than on contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(one_thread) -> dict:
+    transformers.logging.set_verbosity_error()
+    return {name: build(name) for name in ("gpt2", "bart", "t5", "marian")}
+
+
+def ours(model, prompt, **kwargs) -> list[list[int]]:
+    if model.config.is_encoder_decoder:
+        return generate(TorchStepModel(model, prompt), [], settings_for(model, **kwargs))
+    return generate(TorchStepModel(model), prompt, settings_for(model, **kwargs))
+
+
+def check(model, prompt, kwargs: dict, variants: dict) -> list[list[int]]:
+    """Our sequences equal `generate`'s, and `generate`'s change with each variant of the settings (a parameter
+    dropped (DROP) or set to another value), so that the case can fail."""
+    expected = torch_generate(model, prompt, **kwargs)
+    assert ours(model, prompt, **kwargs) == expected
+    for name, value in variants.items():
+        changed = {k: v for k, v in kwargs.items() if k != name}
+        if value is not DROP:
+            changed[name] = value
+        assert torch_generate(model, prompt, **changed) != expected, f"{name} -> {value} changes nothing"
+    return expected
+
+
+# (model, prompt, generate kwargs, variants that must change the answer)
+CASES = {
+    "greedy": ("gpt2", P1, {"max_new_tokens": 12}, {"max_new_tokens": 6}),
+    "greedy-eos": ("gpt2", P1, {"max_new_tokens": 12, "eos_token_id": 63}, {"eos_token_id": DROP}),
+    "eos-list": ("gpt2", P1, {"max_new_tokens": 12, "eos_token_id": [60, 44]}, {"eos_token_id": [60]}),
+    "max-length": ("gpt2", P1, {"max_length": 9}, {"max_length": DROP}),
+    "max-new-tokens-over-max-length": ("gpt2", P1, {"max_length": 9, "max_new_tokens": 7}, {"max_new_tokens": DROP}),
+    "min-length": ("gpt2", P1, {"max_new_tokens": 12, "eos_token_id": 44, "min_length": 9}, {"min_length": DROP}),
+    "min-new-tokens": (
+        "gpt2",
+        P1,
+        {"max_new_tokens": 12, "eos_token_id": 44, "min_new_tokens": 4},
+        {"min_new_tokens": DROP},
+    ),
+    "repetition-penalty": ("gpt2", P1, {"max_new_tokens": 12, "repetition_penalty": 1.3}, {"repetition_penalty": DROP}),
+    "no-repeat-ngram-2": (
+        "gpt2",
+        P1,
+        {"max_new_tokens": 12, "no_repeat_ngram_size": 2},
+        {"no_repeat_ngram_size": DROP},
+    ),
+    "bad-words": ("gpt2", P1, {"max_new_tokens": 12, "bad_words_ids": [[55], [18, 23]]}, {"bad_words_ids": [[55]]}),
+    "suppress-tokens": ("gpt2", P1, {"max_new_tokens": 12, "suppress_tokens": [63, 56]}, {"suppress_tokens": DROP}),
+    "begin-suppress-tokens": (
+        "gpt2",
+        P1,
+        {"max_new_tokens": 12, "begin_suppress_tokens": [55]},
+        {"begin_suppress_tokens": DROP},
+    ),
+    "forced-bos-eos": (
+        "bart",
+        P1,
+        {"max_length": 10, "eos_token_id": 2, "forced_bos_token_id": 0, "forced_eos_token_id": 2},
+        {"forced_bos_token_id": DROP, "forced_eos_token_id": DROP},
+    ),
+    "beam-2-lp-2-early": (
+        "gpt2",
+        P1,
+        {"max_new_tokens": 12, "num_beams": 2, "length_penalty": 2.0, "early_stopping": True, "eos_token_id": [18, 55]},
+        {"length_penalty": DROP, "early_stopping": DROP, "num_beams": DROP},
+    ),
+    "beam-4-lp-2-not-early": (
+        "gpt2",
+        P1,
+        {"max_new_tokens": 12, "num_beams": 4, "length_penalty": 2.0, "early_stopping": False, "eos_token_id": 40},
+        {"length_penalty": DROP, "early_stopping": True},
+    ),
+    "beam-4-lp-2-never": (
+        "gpt2",
+        P1,
+        {
+            "max_new_tokens": 12,
+            "num_beams": 4,
+            "length_penalty": 2.0,
+            "early_stopping": "never",
+            "eos_token_id": [55, 40],
+        },
+        {"early_stopping": DROP, "length_penalty": DROP},
+    ),
+    "beam-4-lp-0.5": (
+        "gpt2",
+        P1,
+        {"max_new_tokens": 12, "num_beams": 4, "length_penalty": 0.5, "eos_token_id": 18},
+        {"length_penalty": DROP},
+    ),
+    "beam-4-return-2": (
+        "gpt2",
+        P1,
+        {"max_new_tokens": 12, "num_beams": 4, "num_return_sequences": 2, "eos_token_id": 18},
+        {"num_return_sequences": DROP},
+    ),
+    "beam-no-repeat-ngram-3": (
+        "gpt2",
+        P3,
+        {"max_new_tokens": 12, "num_beams": 4, "no_repeat_ngram_size": 3},
+        {"no_repeat_ngram_size": DROP},
+    ),
+    "beam-repetition-penalty": (
+        "gpt2",
+        P2,
+        {"max_new_tokens": 16, "num_beams": 4, "repetition_penalty": 1.3},
+        {"repetition_penalty": DROP},
+    ),
+    "beam-seq2seq": ("bart", P1, {"max_new_tokens": 12, "num_beams": 3}, {"num_beams": DROP}),
+    "beam-seq2seq-no-repeat-ngram-3": (
+        "bart",
+        P1,
+        {"max_new_tokens": 12, "num_beams": 4, "no_repeat_ngram_size": 3},
+        {"no_repeat_ngram_size": DROP},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_token_identical_with_generate(models, case):
+    name, prompt, kwargs, variants = CASES[case]
+    check(models[name], prompt, kwargs, variants)
+
+
+# Generation configs shaped like real ones (lengths scaled down to the tiny models).
+REAL_SHAPES = {
+    # facebook/bart-large-cnn: num_beams 4, length_penalty 2.0, no_repeat_ngram_size 3, min_length 56,
+    # max_length 142, forced_bos 0, forced_eos 2, early_stopping true
+    "bart-cnn": (
+        "bart",
+        {
+            "num_beams": 4,
+            "length_penalty": 2.0,
+            "no_repeat_ngram_size": 3,
+            "min_length": 8,
+            "max_length": 16,
+            "early_stopping": True,
+            "forced_bos_token_id": 0,
+            "forced_eos_token_id": 2,
+            "eos_token_id": 2,
+            "decoder_start_token_id": 2,
+            "bos_token_id": 0,
+            "pad_token_id": 1,
+        },
+    ),
+    # Helsinki-NLP/opus-mt-*: num_beams 4-6, max_length 512, bad_words_ids [[pad]], forced_eos, renormalize_logits
+    "marian": (
+        "marian",
+        {
+            "num_beams": 6,
+            "max_length": 14,
+            "bad_words_ids": [[1]],
+            "eos_token_id": 2,
+            "forced_eos_token_id": 2,
+            "renormalize_logits": True,
+            "decoder_start_token_id": 1,
+            "pad_token_id": 1,
+        },
+    ),
+    # google-t5/t5-small task_specific_params["summarization"]: early_stopping, length_penalty 2.0, max_length 200,
+    # min_length 30, no_repeat_ngram_size 3, num_beams 4
+    "t5-summarization": (
+        "t5",
+        {
+            "early_stopping": True,
+            "length_penalty": 2.0,
+            "max_length": 12,
+            "min_length": 5,
+            "no_repeat_ngram_size": 3,
+            "num_beams": 4,
+            "eos_token_id": 28,
+            "decoder_start_token_id": 1,
+            "pad_token_id": 1,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(REAL_SHAPES))
+def test_real_generation_config_shapes(models, shape):
+    name, values = REAL_SHAPES[shape]
+    model = models[name]
+    saved = model.generation_config
+    model.generation_config = transformers.GenerationConfig(**values)
+    try:
+        for prompt in (P1, P2):
+            expected = torch_generate(model, prompt)
+            assert ours(model, prompt) == expected
+        model.generation_config = transformers.GenerationConfig(**{**values, "num_beams": 1, "no_repeat_ngram_size": 0})
+        assert torch_generate(model, P2) != expected, "the config's beam search changes nothing"
+    finally:
+        model.generation_config = saved
+
+
+def test_stream_yields_the_greedy_tokens_one_by_one(models):
+    model = models["gpt2"]
+    settings = settings_for(model, max_new_tokens=10, eos_token_id=63)
+    step_model = TorchStepModel(model)
+    pieces = []
+    for token in stream(step_model, P1, settings):
+        pieces.append((token, step_model.calls))
+    assert [t for t, _ in pieces] == torch_generate(model, P1, max_new_tokens=10, eos_token_id=63)[0][len(P1) :]
+    assert [calls for _, calls in pieces] == list(range(1, len(pieces) + 1))  # each token before the next step
+
+
+def test_stop_callback_ends_the_row(models):
+    model = models["gpt2"]
+    settings = settings_for(model, max_new_tokens=12)
+    full = generate(TorchStepModel(model), P1, settings)[0]
+    seen = []
+
+    def stop(new: list[int]) -> bool:
+        seen.append(list(new))
+        return len(new) >= 3 and new[-1] == full[len(P1) + 3]
+
+    assert generate(TorchStepModel(model), P1, settings, stop=stop) == [full[: len(P1) + 4]]
+    assert seen[0] == full[len(P1) : len(P1) + 1]
+
+
+def test_max_time_stops_generation(models):
+    class Slow(TorchStepModel):
+        def step(self, tokens):
+            time.sleep(0.02)
+            return super().step(tokens)
+
+    model = models["gpt2"]
+    out = generate(Slow(model), P1, settings_for(model, max_new_tokens=50, max_time=0.1))[0]
+    assert 1 <= len(out) - len(P1) < 20
+
+
+def test_prompt_longer_than_max_length_is_refused():
+    with pytest.raises(ValueError, match="max_length"):
+        resolve_lengths(GenerationSettings(max_length=4, max_length_is_default=False), 5)
+
+
+def test_default_max_length_counts_new_tokens_capped_by_positions():
+    assert resolve_lengths(GenerationSettings(), 7).max_length == 27
+    assert resolve_lengths(GenerationSettings(max_position_embeddings=24), 7).max_length == 24
+    assert resolve_lengths(GenerationSettings(max_length_is_default=False), 7).max_length == 20
+    assert resolve_lengths(GenerationSettings(max_length=30), 7).max_length == 30
+
+
+# Sampling: numpy's generator, so the same distribution as `generate`, not the same draws.
+
+
+class FixedLogits:
+    """A StepModel whose next-token logits are always `logits`."""
+
+    def __init__(self, logits: np.ndarray) -> None:
+        self.logits = np.asarray(logits, dtype=np.float32)
+        self.vocab_size = len(self.logits)
+        self.rows = 1
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        assert len(tokens) == self.rows
+        return np.tile(self.logits, (self.rows, 1))
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.rows = len(rows)
+
+
+LOGITS = np.array([2.0, 1.5, 1.2, 1.0, 0.4, 0.0, -0.5, -1.0, -2.0, -3.0], dtype=np.float32)
+
+
+def expected_probs(**warpers) -> np.ndarray:
+    """The distribution `generate` samples from: transformers' own warpers on the logits, then softmax."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = torch.tensor(LOGITS)[None]
+    if "temperature" in warpers:
+        scores = TemperatureLogitsWarper(warpers["temperature"])(None, scores)
+    if "top_k" in warpers:
+        scores = TopKLogitsWarper(warpers["top_k"])(None, scores)
+    if "top_p" in warpers:
+        scores = TopPLogitsWarper(warpers["top_p"])(None, scores)
+    return torch.softmax(scores, -1)[0].numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize(
+    "warpers",
+    [{}, {"temperature": 0.7}, {"top_k": 4}, {"top_p": 0.8}, {"temperature": 1.5, "top_k": 6, "top_p": 0.9}],
+    ids=["plain", "temperature", "top_k", "top_p", "all"],
+)
+def test_sampling_follows_the_warped_distribution(warpers):
+    draws = 40000
+    values = {"top_k": 0, **warpers}
+    settings = GenerationSettings(do_sample=True, **values, max_new_tokens=2, num_return_sequences=draws, seed=3)
+    rows = generate(FixedLogits(LOGITS), [0], settings)
+    tokens = np.array([row[1:] for row in rows])  # [draws, 2]: two independent steps
+    probs = expected_probs(**warpers)
+    for step in range(2):
+        counts = np.bincount(tokens[:, step], minlength=len(LOGITS))
+        assert counts[probs == 0].sum() == 0
+        expected = probs * draws
+        kept = expected > 0
+        chi2 = (((counts - expected) ** 2)[kept] / expected[kept]).sum()
+        # chi-square with (kept - 1) degrees of freedom: its 99.9 % quantile is below 30 for up to 10 tokens.
+        assert chi2 < 30, (chi2, counts, expected)
+    uniform = np.full(len(LOGITS), draws / len(LOGITS))
+    assert ((np.bincount(tokens[:, 0], minlength=len(LOGITS)) - uniform) ** 2 / uniform).sum() > 1000
+
+
+def test_sampling_is_reproducible_with_a_seed(models):
+    model = models["gpt2"]
+
+    def run(seed):
+        settings = settings_for(model, do_sample=True, max_new_tokens=12, num_return_sequences=3, top_k=0, seed=seed)
+        return generate(TorchStepModel(model), P1, settings)
+
+    first = run(7)
+    assert run(7) == first
+    assert run(8) != first
+    assert len({tuple(row) for row in first}) > 1  # the rows draw independently
+
+
+def test_beam_sampling_is_reproducible_with_a_seed(models):
+    model = models["gpt2"]
+
+    def run(seed):
+        settings = settings_for(model, do_sample=True, num_beams=3, max_new_tokens=10, top_k=0, seed=seed)
+        return generate(TorchStepModel(model), P1, settings)
+
+    assert run(1) == run(1)
+    assert {tuple(run(seed)[0]) for seed in range(6)} != {tuple(run(1)[0])}
