@@ -71,27 +71,27 @@ def _seq2seq_sizes() -> dict:
     )
 
 
-def build(name: str):
+def build(name: str, vocab: int = VOCAB):
     """A tiny random model with a wide init, so that its tokens vary with the input and the settings; its
     generation config has no eos (each case sets its own), pad 1."""
     torch.manual_seed({"gpt2": 1, "bart": 2, "t5": 3, "marian": 4}[name])
     special = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2)
     if name == "gpt2":
         config = transformers.GPT2Config(
-            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=128, initializer_range=0.5, **special
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128, initializer_range=0.5, **special
         )
         model = transformers.GPT2LMHeadModel(config)
     elif name == "bart":
-        config = transformers.BartConfig(vocab_size=VOCAB, decoder_start_token_id=2, **_seq2seq_sizes(), **special)
+        config = transformers.BartConfig(vocab_size=vocab, decoder_start_token_id=2, **_seq2seq_sizes(), **special)
         model = transformers.BartForConditionalGeneration(config)
     elif name == "marian":
         config = transformers.MarianConfig(
-            vocab_size=VOCAB, decoder_start_token_id=1, scale_embedding=True, **_seq2seq_sizes(), **special
+            vocab_size=vocab, decoder_start_token_id=1, scale_embedding=True, **_seq2seq_sizes(), **special
         )
         model = transformers.MarianMTModel(config)
     else:
         config = transformers.T5Config(
-            vocab_size=VOCAB,
+            vocab_size=vocab,
             d_model=32,
             d_kv=8,
             d_ff=64,

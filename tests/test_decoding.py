@@ -3,6 +3,8 @@ the same distribution for sampling; `resolve_settings` against what the pipeline
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 
 import numpy as np
@@ -12,6 +14,7 @@ import transformers
 
 from localinfer.decoding import GenerationSettings, generate, stream
 from localinfer.decoding.search import resolve_lengths
+from localinfer.decoding.settings import PIPELINE_DEFAULTS, resolve_settings
 from tests.decoding_helpers import TorchStepModel, build, settings_for, torch_generate
 
 P1, P2 = [5, 9, 13, 17, 21], [40, 3, 33, 8]
@@ -352,3 +355,196 @@ def test_beam_sampling_is_reproducible_with_a_seed(models):
 
     assert run(1) == run(1)
     assert {tuple(run(seed)[0]) for seed in range(6)} != {tuple(run(1)[0])}
+
+
+# resolve_settings against what the pipelines hand to `generate`: the generation config `generate` holds once it has
+# resolved the lengths (`_prepare_generated_length`), captured on the PyTorch pipeline before any decoding.
+
+
+class _Captured(Exception):
+    pass
+
+
+def pipeline_generation(pipe, text: str, request: dict) -> tuple:
+    """The final generation config of `pipe(text, **request)` and the prompt length it was resolved for."""
+    model = pipe.model
+    original = model._prepare_generated_length
+    seen = {}
+
+    def capture(**kwargs):
+        config = original(**kwargs)
+        seen.update(config=copy.deepcopy(config), length=kwargs["input_ids_length"])
+        raise _Captured
+
+    model._prepare_generated_length = capture
+    try:
+        with pytest.raises(_Captured):
+            pipe(text, **request)
+    finally:
+        del model._prepare_generated_length
+    return seen["config"], seen["length"]
+
+
+FIELDS = (
+    "num_beams", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
+    "length_penalty", "early_stopping", "num_return_sequences", "forced_bos_token_id", "max_time",
+)  # fmt: skip
+
+
+def comparable(settings: GenerationSettings, prompt_length: int) -> dict:
+    lengths = resolve_lengths(settings, prompt_length)
+    values = {name: getattr(settings, name) for name in FIELDS}
+    eos = settings.eos_token_id
+    bad = settings.bad_words_ids
+    return {
+        **values,
+        "max_length": lengths.max_length,
+        "min_length": lengths.min_length,
+        "eos_token_id": list(eos) if eos else None,
+        "bad_words_ids": [list(w) for w in bad] if bad else None,
+    }
+
+
+def config_values(config) -> dict:
+    eos = config.eos_token_id
+    return {
+        **{name: getattr(config, name) for name in FIELDS},
+        "max_length": config.max_length,
+        "min_length": config.min_length,
+        "eos_token_id": [eos] if isinstance(eos, int) else eos,
+        "bad_words_ids": config.bad_words_ids,
+    }
+
+
+BART_CNN = {
+    "num_beams": 4, "length_penalty": 2.0, "no_repeat_ngram_size": 3, "min_length": 56, "max_length": 142,
+    "early_stopping": True, "forced_bos_token_id": 0, "forced_eos_token_id": 2, "eos_token_id": 2,
+    "decoder_start_token_id": 2, "bos_token_id": 0, "pad_token_id": 1,
+}  # fmt: skip
+T5_TASKS = {
+    "summarization": {
+        "early_stopping": True, "length_penalty": 2.0, "max_length": 200, "min_length": 30,
+        "no_repeat_ngram_size": 0, "num_beams": 4, "prefix": "summarize: ",
+    },
+    "translation_en_to_fr": {
+        "early_stopping": True, "max_length": 300, "num_beams": 4, "prefix": "translate English to French: ",
+    },
+}  # fmt: skip
+
+# name: (model, generation_config.json (None: none, the legacy config.json route), task_specific_params)
+PIPELINE_MODELS = {
+    "gpt2": ("gpt2", {"max_new_tokens": 8, "no_repeat_ngram_size": 2, "eos_token_id": 2, "pad_token_id": 1}, None),
+    "gpt2-legacy": ("gpt2", None, None),
+    "gpt2-sampling": ("gpt2", {"do_sample": True, "top_k": 20, "top_p": 0.9, "eos_token_id": 2}, None),
+    "bart-cnn": ("bart", BART_CNN, None),
+    "bart-plain": ("bart", {"decoder_start_token_id": 2, "eos_token_id": 2, "bos_token_id": 0}, None),
+    "marian": (
+        "marian",
+        {"num_beams": 6, "max_length": 512, "bad_words_ids": [[1]], "eos_token_id": 2, "decoder_start_token_id": 1},
+        None,
+    ),
+    "t5-tasks": ("t5", {"decoder_start_token_id": 1, "eos_token_id": 2, "no_repeat_ngram_size": 3}, T5_TASKS),
+    "t5-tasks-old-config": (
+        "t5",
+        {"decoder_start_token_id": 1, "eos_token_id": 2, "no_repeat_ngram_size": 3, "transformers_version": "4.27.0"},
+        T5_TASKS,
+    ),
+}
+
+RESOLVE_CASES = [
+    ("gpt2", "text-generation", {}),
+    ("gpt2", "text-generation", {"max_new_tokens": 5, "do_sample": False}),
+    ("gpt2", "text-generation", {"max_length": 20, "max_new_tokens": None}),
+    ("gpt2", "text-generation", {"max_new_tokens": None}),
+    ("gpt2", "text-generation", {"temperature": 1.3, "top_k": 5, "repetition_penalty": 1.2, "max_time": 3.0}),
+    ("gpt2-legacy", "text-generation", {}),
+    ("gpt2-legacy", "text-generation", {"max_length": 40, "num_return_sequences": 2}),
+    ("gpt2-sampling", "text-generation", {"top_p": 0.5}),
+    ("bart-cnn", "summarization", {}),
+    ("bart-cnn", "summarization", {"max_new_tokens": 10, "min_length": 3}),
+    ("bart-cnn", "text2text-generation", {"num_beams": 2, "max_length": 60}),
+    ("bart-plain", "text2text-generation", {}),
+    ("bart-plain", "summarization", {"max_length": 30, "max_new_tokens": None}),
+    ("marian", "translation", {}),
+    ("marian", "translation", {"num_beams": 1, "do_sample": False}),
+    ("t5-tasks", "summarization", {}),
+    ("t5-tasks", "translation_en_to_fr", {}),
+    ("t5-tasks", "translation_en_to_fr", {"max_new_tokens": 12}),
+    ("t5-tasks-old-config", "summarization", {}),
+    ("t5-tasks", "text2text-generation", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline_models(tmp_path_factory, one_thread) -> dict:
+    """Each model saved with a generation config (or none) and its tokenizer, built once."""
+    from tests.fixtures.tiny_models import _bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("decoding-pipelines")
+    folders = {}
+    for name, (kind, generation, task_params) in PIPELINE_MODELS.items():
+        folder = root / name
+        tok = _bpe_tokenizer(folder)
+        model = build(kind, vocab=len(tok))
+        if task_params is not None:
+            model.config.task_specific_params = copy.deepcopy(task_params)
+        model.generation_config = transformers.GenerationConfig(**{k: v for k, v in (generation or {}).items()})
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        path = folder / "generation_config.json"
+        if generation is None:
+            path.unlink()
+        elif "transformers_version" in generation:  # save_pretrained writes the running version
+            path.write_text(json.dumps({**json.loads(path.read_text()), **generation}))
+        folders[name] = folder
+    return folders
+
+
+@pytest.mark.parametrize(("name", "task", "request_"), RESOLVE_CASES, ids=lambda v: str(v) if v else "-")
+def test_resolve_settings_as_the_pipeline(pipeline_models, name, task, request_):
+    folder = pipeline_models[name]
+    pipe = transformers.pipeline(task, model=str(folder))
+    expected, length = pipeline_generation(pipe, "That is a happy person", dict(request_))
+    settings = resolve_settings(dict(request_), folder, task=task)
+    assert comparable(settings, length) == config_values(expected)
+    assert settings.prefix == pipe.prefix
+
+
+def test_resolve_settings_cases_are_informative(pipeline_models):
+    """The pipeline's config changes with the model's generation config, the task and the request."""
+    answers = {}
+    for name, task, request_ in RESOLVE_CASES:
+        pipe = transformers.pipeline(task, model=str(pipeline_models[name]))
+        config, length = pipeline_generation(pipe, "That is a happy person", dict(request_))
+        answers[(name, task, str(request_))] = json.dumps(config_values(config), sort_keys=True)
+    same = [key for key, value in answers.items() if list(answers.values()).count(value) > 1]
+    assert not same, f"these cases resolve to the same settings: {same}"
+
+
+def test_pipeline_defaults_are_the_pipelines_own():
+    from transformers.pipelines import (
+        AutomaticSpeechRecognitionPipeline,
+        SummarizationPipeline,
+        TableQuestionAnsweringPipeline,
+        Text2TextGenerationPipeline,
+        TextGenerationPipeline,
+        TranslationPipeline,
+    )
+
+    classes = {
+        "text-generation": TextGenerationPipeline,
+        "text2text-generation": Text2TextGenerationPipeline,
+        "summarization": SummarizationPipeline,
+        "translation": TranslationPipeline,
+        "automatic-speech-recognition": AutomaticSpeechRecognitionPipeline,
+        "table-question-answering": TableQuestionAnsweringPipeline,
+    }
+    for task, cls in classes.items():
+        assert transformers.GenerationConfig(**PIPELINE_DEFAULTS[task]) == cls._default_generation_config, task
+
+
+def test_resolve_settings_refuses_what_is_not_ported(pipeline_models):
+    with pytest.raises(ValueError, match="not generation parameters"):
+        resolve_settings({"foo": 1}, pipeline_models["gpt2"], task="text-generation")
+    with pytest.raises(ValueError, match="not supported"):
+        resolve_settings({"encoder_repetition_penalty": 1.5}, pipeline_models["bart-plain"], task="summarization")
