@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -548,3 +552,43 @@ def test_resolve_settings_refuses_what_is_not_ported(pipeline_models):
         resolve_settings({"foo": 1}, pipeline_models["gpt2"], task="text-generation")
     with pytest.raises(ValueError, match="not supported"):
         resolve_settings({"encoder_repetition_penalty": 1.5}, pipeline_models["bart-plain"], task="summarization")
+
+
+_CHILD = """
+import json, sys
+import numpy as np
+from localinfer.decoding import GenerationSettings, generate
+from localinfer.decoding.settings import resolve_settings
+
+class Fixed:
+    vocab_size = 10
+    def step(self, tokens):
+        return np.tile(np.linspace(0, 1, 10, dtype=np.float32), (len(tokens), 1))
+    def reorder(self, rows):
+        pass
+
+settings = resolve_settings({"max_new_tokens": 3}, sys.argv[1], task="summarization")
+sequences = generate(Fixed(), [], settings)
+loaded = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "optimum", "sentence_transformers"})
+print(json.dumps({"loaded": loaded, "sequences": sequences, "num_beams": settings.num_beams}))
+"""
+
+
+def test_runs_without_torch(pipeline_models):
+    """resolve_settings and generate in a fresh process: no torch, optimum or sentence-transformers imported.
+    `import transformers` imports torch wherever torch is installed; USE_TORCH=0 makes it behave as in an install
+    without torch."""
+    folder = pipeline_models["t5-tasks"]
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "USE_TORCH": "0"},
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert result["num_beams"] == resolve_settings({}, folder, task="summarization").num_beams == 4
+    assert result["sequences"] == [[1, 9, 9, 9]]
