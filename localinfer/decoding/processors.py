@@ -25,7 +25,9 @@ NEG_INF = np.float32(-np.inf)
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
     shifted = scores - scores.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    total = np.exp(shifted).sum(axis=-1, keepdims=True)
+    shifted -= np.log(total)
+    return shifted
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
