@@ -592,3 +592,74 @@ def test_runs_without_torch(pipeline_models):
     assert result["loaded"] == []
     assert result["num_beams"] == resolve_settings({}, folder, task="summarization").num_beams == 4
     assert result["sequences"] == [[1, 9, 9, 9]]
+
+
+# Each processor against its transformers counterpart (torch), on random scores, small and GPT-2-sized vocabularies.
+
+
+def _processor_pairs(vocab: int) -> dict:
+    from transformers.generation import logits_process as lp
+
+    from localinfer.decoding import processors as ours
+
+    eos = [2, 7]
+    return {
+        "repetition": (ours.RepetitionPenalty(1.3), lp.RepetitionPenaltyLogitsProcessor(1.3)),
+        "no-repeat-ngram": (ours.NoRepeatNGram(2), lp.NoRepeatNGramLogitsProcessor(2)),
+        "bad-words": (
+            ours.no_bad_words([[3], [4, 5], [2]], eos, vocab),
+            lp.NoBadWordsLogitsProcessor([[3], [4, 5], [2]], eos),
+        ),
+        "sequence-bias": (
+            ours.SequenceBias([((3,), 2.5), ((4, 5), -1.5)], vocab),
+            lp.SequenceBiasLogitsProcessor([[[3], 2.5], [[4, 5], -1.5]]),
+        ),
+        "min-length": (ours.MinLength(50, eos, vocab), lp.MinLengthLogitsProcessor(50, eos)),
+        "forced-eos": (ours.ForcedToken(13, eos), lp.ForcedEOSTokenLogitsProcessor(14, eos)),
+        "exp-decay": (
+            ours.ExponentialDecayLengthPenalty(3, 1.5, eos, 6),
+            lp.ExponentialDecayLengthPenalty((3, 1.5), eos, 6),
+        ),
+        "suppress": (ours.SuppressTokens([3, 9], vocab), lp.SuppressTokensLogitsProcessor([3, 9])),
+        "temperature": (ours.Temperature(0.7), lp.TemperatureLogitsWarper(0.7)),
+        "top-k": (ours.TopK(5), lp.TopKLogitsWarper(5)),
+        "top-k-beams": (ours.TopK(1, 3), lp.TopKLogitsWarper(1, min_tokens_to_keep=3)),
+        "top-p": (ours.TopP(0.8), lp.TopPLogitsWarper(0.8)),
+        "top-p-beams": (ours.TopP(0.01, 3), lp.TopPLogitsWarper(0.01, min_tokens_to_keep=3)),
+        "min-p": (ours.MinP(0.2), lp.MinPLogitsWarper(0.2)),
+        "typical": (ours.Typical(0.6), lp.TypicalLogitsWarper(0.6)),
+        "epsilon": (ours.EpsilonCutoff(3e-4), lp.EpsilonLogitsWarper(3e-4)),
+        "eta": (ours.EpsilonCutoff(3e-4, eta=True), lp.EtaLogitsWarper(3e-4)),
+        "inf-nan": (ours.inf_nan_remove, lp.InfNanRemoveLogitsProcessor()),
+        "renormalize": (ours.renormalize, lp.LogitNormalization()),
+    }
+
+
+@pytest.mark.parametrize("vocab", [11, 50257])
+@pytest.mark.parametrize("name", list(_processor_pairs(11)))
+def test_processor_equals_transformers(name, vocab):
+    ours, theirs = _processor_pairs(vocab)[name]
+    rng = np.random.default_rng(vocab)
+    input_ids = rng.integers(0, 11, size=(3, 13))
+    input_ids[1, -3:] = [4, 5, 4]  # a bad word's prefix, a repeated bigram
+    scores = (rng.standard_normal((3, vocab)) * 4).astype(np.float32)
+    if name == "inf-nan":
+        scores[0, :3] = [np.inf, -np.inf, np.nan]
+    if name.startswith("top-p"):
+        scores[2, 20 % vocab :] = -np.inf  # a row already cut by top-k
+    expected = theirs(torch.from_numpy(input_ids), torch.from_numpy(scores.copy())).numpy()
+    np.testing.assert_allclose(ours(input_ids, scores.copy()), expected, rtol=1e-5, atol=1e-5)
+    if name not in ("inf-nan",):
+        assert not np.array_equal(expected, scores), "the processor changes nothing here"
+
+
+def test_beam_top_k_equals_a_full_sort():
+    from localinfer.decoding.search import _top
+
+    rng = np.random.default_rng(0)
+    for size in (40, 4 * 50257, 6 * 32000 + 17):
+        values = rng.standard_normal(size).astype(np.float32)
+        values[rng.integers(0, size, size // 3)] = -np.inf
+        values[rng.integers(0, size, 12)] = values.max()  # ties at the top
+        for k in (1, 8, 12, 40):
+            assert _top(values, k).tolist() == np.argsort(-values, kind="stable")[:k].tolist()
