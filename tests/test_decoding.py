@@ -663,3 +663,19 @@ def test_beam_top_k_equals_a_full_sort():
         values[rng.integers(0, size, 12)] = values.max()  # ties at the top
         for k in (1, 8, 12, 40):
             assert _top(values, k).tolist() == np.argsort(-values, kind="stable")[:k].tolist()
+
+
+def test_sampled_rows_end_at_their_own_eos():
+    """Rows that draw eos stop there (and leave the batch), the others go on to the length limit."""
+    model = FixedLogits(LOGITS)
+    settings = GenerationSettings(
+        do_sample=True, top_k=0, eos_token_id=1, max_new_tokens=12, num_return_sequences=60, seed=5
+    )
+    rows = generate(model, [0], settings)
+    assert len(rows) == 60
+    for row in rows:
+        new = row[1:]
+        assert 1 not in new[:-1]
+        assert new[-1] == 1 or len(new) == 12
+    assert len({len(row) for row in rows}) > 3
+    assert model.rows < 60  # the finished rows were dropped from the model's batch
