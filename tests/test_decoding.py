@@ -4,6 +4,7 @@ the same distribution for sampling; `resolve_settings` against what the pipeline
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -227,6 +228,23 @@ def test_real_generation_config_shapes(models, shape):
         assert torch_generate(model, P2) != expected, "the config's beam search changes nothing"
     finally:
         model.generation_config = saved
+
+
+def test_encoder_decoder_with_a_decoder_prompt(models):
+    """A decoder prompt (Whisper's start, language, task tokens) is kept, and begin_suppress_tokens apply right after
+    it, as `generate(decoder_input_ids=...)` does."""
+    model = models["bart"]
+    decoder_prompt = [2, 41, 56]
+    kwargs = {"max_new_tokens": 8, "begin_suppress_tokens": [59, 25, 41], "suppress_tokens": [18]}
+    with torch.no_grad():
+        out = model.generate(torch.tensor([P1]), decoder_input_ids=torch.tensor([decoder_prompt]), **kwargs).tolist()
+    assert out[0][:3] == decoder_prompt
+    assert generate(TorchStepModel(model, P1), decoder_prompt, settings_for(model, **kwargs)) == out
+    with torch.no_grad():
+        plain = model.generate(torch.tensor([P1]), decoder_input_ids=torch.tensor([decoder_prompt]), max_new_tokens=8)
+    assert plain.tolist() != out
+    forced = dataclasses.replace(settings_for(model, max_new_tokens=8), forced_decoder_ids=((1, 41), (2, 56)))
+    assert generate(TorchStepModel(model, P1), [], forced) == plain.tolist()
 
 
 def test_stream_yields_the_greedy_tokens_one_by_one(models):
