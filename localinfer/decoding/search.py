@@ -326,7 +326,11 @@ def _beam_search(
         log_probs = log_softmax(logits.astype(np.float32, copy=False))
         for processor in processors:
             log_probs = processor(running[:, :cur_len], log_probs)
-        accumulated = (log_probs + running_scores[:, None]).reshape(-1)
+        if log_probs.flags.writeable and log_probs.base is None:  # ours (log_softmax or a processor made it)
+            log_probs += running_scores[:, None]
+            accumulated = log_probs.reshape(-1)
+        else:
+            accumulated = (log_probs + running_scores[:, None]).reshape(-1)
 
         # `_get_top_k_continuations`
         if rng is not None:
