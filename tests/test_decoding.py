@@ -697,3 +697,31 @@ def test_sampled_rows_end_at_their_own_eos():
         assert new[-1] == 1 or len(new) == 12
     assert len({len(row) for row in rows}) > 3
     assert model.rows < 60  # the finished rows were dropped from the model's batch
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bart", "t5", "marian", "blenderbot-small"])
+def test_fixture_models_token_identical(tiny, one_thread, name):
+    """The session's trained generation fixtures, with their own generation configs, greedy and beam search."""
+    from tests.fixtures.tiny_models import CORPUS
+
+    folder = tiny[name]
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    auto = transformers.AutoModelForCausalLM if name == "gpt2" else transformers.AutoModelForSeq2SeqLM
+    model = auto.from_pretrained(folder).eval()
+    settings = (
+        {},
+        {"num_beams": 4, "length_penalty": 2.0, "no_repeat_ngram_size": 3, "min_length": 5, "max_length": 24,
+         "max_new_tokens": None, "early_stopping": True},
+        {"num_beams": 5, "num_return_sequences": 3, "max_new_tokens": 16, "repetition_penalty": 1.3},
+    )  # fmt: skip
+    answers = []
+    for text in CORPUS[4:7]:
+        prompt = tok(text)["input_ids"]
+        answers.append([])
+        for kwargs in settings:
+            expected = torch_generate(model, prompt, **kwargs)
+            answers[-1].append(expected)
+            assert ours(model, prompt, **kwargs) == expected
+    for i in range(len(settings)):  # each setting's answer changes with the input, and differs from greedy's
+        assert len({str(row[i]) for row in answers}) > 1
+        assert i == 0 or any(row[i][:1] != row[0] for row in answers)
