@@ -725,3 +725,21 @@ def test_fixture_models_token_identical(tiny, one_thread, name):
     for i in range(len(settings)):  # each setting's answer changes with the input, and differs from greedy's
         assert len({str(row[i]) for row in answers}) > 1
         assert i == 0 or any(row[i][:1] != row[0] for row in answers)
+
+
+@pytest.mark.parametrize("warpers", [{"top_k": 0}, {"top_k": 6, "temperature": 0.5}], ids=["plain", "top_k"])
+def test_sampling_on_a_gpt2_sized_vocabulary(warpers):
+    """The large-vocabulary path: ten likely tokens spread over 50257, the rest with no mass to speak of."""
+    vocab, rows, steps = 50257, 100, 30
+    logits = np.full(vocab, -60.0, dtype=np.float32)
+    where = np.linspace(7, vocab - 1, len(LOGITS)).astype(int)
+    logits[where] = LOGITS
+    settings = GenerationSettings(do_sample=True, max_new_tokens=steps, num_return_sequences=rows, seed=11, **warpers)
+    tokens = np.array([row[1:] for row in generate(FixedLogits(logits), [0], settings)]).reshape(-1)
+    assert set(tokens.tolist()) <= set(where.tolist())
+    probs = expected_probs(**{k: v for k, v in warpers.items() if v})
+    counts = np.array([(tokens == w).sum() for w in where])
+    expected = probs * rows * steps
+    kept = expected > 0
+    assert counts[~kept].sum() == 0
+    assert (((counts - expected) ** 2)[kept] / expected[kept]).sum() < 30, (counts, expected)
