@@ -49,7 +49,8 @@ def read_manifest(folder: Path) -> Manifest | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, this localinfer reads format {FORMAT}")
-        return Manifest(data["task"], ExportKind(**data["export"]), dict(data["source"]), dict(data["versions"]))
+        export = {k: tuple(v) if isinstance(v, list) else v for k, v in data["export"].items()}  # JSON has no tuples
+        return Manifest(data["task"], ExportKind(**export), dict(data["source"]), dict(data["versions"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InferenceError(f"{path}: not a localinfer export manifest ({exc})") from None
 
