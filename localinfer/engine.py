@@ -15,7 +15,7 @@ from typing import Any
 from .cache import ResultCache, cache_key
 from .errors import BadRequestError, InferenceError, ModelFailureError, ModelLoadingError
 from .limits import Limits, applied, check_structure
-from .media import audio_seconds
+from .media import audio_seconds, check_bounds
 from .payload import Options, parse_payload
 from .registry import ModelSpec, Registry, check_task_name, infer_task
 from .runtime import ExportKind, LoadedModel, folder_fingerprint, load_model, onnx_location
@@ -117,6 +117,8 @@ class LocalInference:
         if options:
             request.options = Options.model_validate({**request.options.model_dump(), **options})
         inputs, parameters = handler.validate(request.inputs, request.parameters)
+        if handler.media:
+            check_bounds(handler.media, inputs)
         key = cache_key(
             model=spec.model_id,
             weights=self.fingerprint(spec),

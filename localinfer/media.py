@@ -66,6 +66,30 @@ def audio_seconds(data: Any) -> float:
         return 0.0
 
 
+def check_bounds(media: str, data: Any) -> None:
+    """The bounds an image's or an audio file's header shows, checked before the result cache is consulted, so that
+    a request beyond a bound is refused whether or not its answer is cached. Decoding checks them again (and what
+    a header does not show)."""
+    if not isinstance(data, bytes):
+        return
+    if media == "audio":
+        declared = audio_seconds(data)
+        if declared > limits.current().max_audio_seconds:
+            raise limits.audio_too_long(declared)
+        return
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            size = Image.open(io.BytesIO(data)).size
+    except Exception:  # not an image, or a bomb: decoding answers it
+        return
+    too_large = limits.image_too_large(*size)
+    if too_large is not None:
+        raise too_large
+
+
 def decode_image(data: bytes) -> Any:
     """Any image Pillow reads -> an RGB image, EXIF orientation applied (as the transformers pipelines load them)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
