@@ -41,7 +41,7 @@ class LoadedModel:
 
     spec: ModelSpec
     kind: ExportKind
-    runner: Any  # a Runner, or a PipelineModel when kind.ort_class is set
+    runner: Any  # a Runner; a PipelineModel when kind.ort_class is set; OnnxSessions when kind.sessions is
     config: dict[str, Any]
     files: Path  # the folder with the tokenizer/processor files the runner goes with
     load_seconds: float = 0.0
@@ -69,15 +69,18 @@ def load_model(
     if spec.backend == "torch":
         from .torch import TorchPipelineModel, TorchRunner
 
-        runner: Runner = TorchPipelineModel(spec.path, kind) if kind.ort_class else TorchRunner(spec.path, kind)
+        pipeline = kind.ort_class or kind.sessions
+        runner: Runner = TorchPipelineModel(spec.path, kind) if pipeline else TorchRunner(spec.path, kind)
         files = spec.path
     else:
-        from .onnx import OnnxPipelineModel, OnnxRunner
+        from .onnx import OnnxPipelineModel, OnnxRunner, OnnxSessions
 
         folder = onnx_location(spec, kind, home, fingerprint)
         if not folder.is_dir():
             export_onnx(spec.path, kind, folder)
-        if kind.ort_class:
+        if kind.sessions:
+            runner = OnnxSessions(folder, kind.sessions, threads=threads)
+        elif kind.ort_class:
             runner = OnnxPipelineModel(folder, kind, threads=threads)
         else:
             runner = OnnxRunner(folder / "model.onnx", threads=threads)
