@@ -1,0 +1,259 @@
+"""The decoding loop: greedy, multinomial sampling and beam search over a `StepModel`, in numpy.
+
+Ported from `transformers.generation.utils.GenerationMixin` (4.57): `_sample` (greedy and sampling),
+`_beam_search` with its helpers `_get_top_k_continuations`, `_get_running_beams_for_next_iteration`,
+`_update_finished_beams`, `_check_early_stop_heuristic` and `_beam_search_has_unfinished_sequences`, and the length
+rules of `_prepare_generated_length` / `_validate_generated_length`. The token choices are the same as
+`transformers.generate`'s for greedy and beam search; sampling draws from the same distribution with numpy's
+`Generator` (seeded by `GenerationSettings.seed`), so it is reproducible but not bit-equal to torch's generator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from localinfer.decoding.processors import build_processors, log_softmax, softmax
+
+StopCallback = Callable[[list[int]], bool]
+
+
+class StepModel(Protocol):
+    """One decoder that keeps each row's past key/values (and encoder output) between calls."""
+
+    vocab_size: int
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed `tokens` [rows, n] int64, each row's NEW tokens (the whole prompt on a causal model's first call,
+        then 1; for an encoder-decoder the decoder tokens, first the decoder start), and return the next-token
+        logits at the last position, [rows, vocab] float32."""
+        ...
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Keep rows `rows` (int64 indices into the current rows, repeats allowed), in that order."""
+        ...
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Every `transformers.GenerationConfig` value the loop uses, with its defaults, plus `seed`.
+
+    `max_length_is_default` is `generate`'s `has_default_max_length`: True unless `max_length` was passed to
+    `generate` as an argument (the pipelines pass it only when the request has it); with it, a `max_length` equal to
+    the library default (20) counts new tokens, capped at `max_position_embeddings`."""
+
+    max_length: int = 20
+    max_new_tokens: int | None = None
+    min_length: int = 0
+    min_new_tokens: int | None = None
+    max_length_is_default: bool = True
+    max_position_embeddings: int | None = None
+    max_time: float | None = None
+    do_sample: bool = False
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    early_stopping: bool | str = False
+    length_penalty: float = 1.0
+    temperature: float | None = 1.0
+    top_k: int | None = 50
+    top_p: float | None = 1.0
+    min_p: float | None = None
+    typical_p: float | None = 1.0
+    epsilon_cutoff: float | None = 0.0
+    eta_cutoff: float | None = 0.0
+    repetition_penalty: float | None = 1.0
+    no_repeat_ngram_size: int | None = 0
+    bad_words_ids: tuple[tuple[int, ...], ...] | None = None
+    sequence_bias: tuple[tuple[tuple[int, ...], float], ...] | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: tuple[int, ...] | None = None
+    remove_invalid_values: bool = False
+    exponential_decay_length_penalty: tuple[int, float] | None = None
+    suppress_tokens: tuple[int, ...] | None = None
+    begin_suppress_tokens: tuple[int, ...] | None = None
+    forced_decoder_ids: tuple[tuple[int, int], ...] | None = None
+    renormalize_logits: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+    is_encoder_decoder: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        # Token id lists may come as an int or a list (as in generation_config.json): store tuples.
+        for name in ("eos_token_id", "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, int):
+                object.__setattr__(self, name, (value,))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        if self.bad_words_ids is not None:
+            object.__setattr__(self, "bad_words_ids", tuple(tuple(int(t) for t in w) for w in self.bad_words_ids))
+        if self.forced_decoder_ids is not None:
+            pairs = tuple((int(i), int(t)) for i, t in self.forced_decoder_ids)
+            object.__setattr__(self, "forced_decoder_ids", pairs)
+        if isinstance(self.sequence_bias, dict):
+            object.__setattr__(
+                self, "sequence_bias", tuple((tuple(k), float(v)) for k, v in self.sequence_bias.items())
+            )
+        elif self.sequence_bias is not None:
+            object.__setattr__(self, "sequence_bias", tuple((tuple(k), float(v)) for k, v in self.sequence_bias))
+
+
+@dataclass(frozen=True)
+class _Lengths:
+    max_length: int
+    min_length: int
+    prompt_length: int
+
+
+def initial_ids(prompt: Sequence[int], settings: GenerationSettings) -> list[int]:
+    """The ids `generate` starts from: the prompt of a causal model; for an encoder-decoder, `prompt` when given,
+    else the decoder start token followed by the forced decoder ids (Whisper's `_retrieve_init_tokens` puts them
+    in the decoder prompt in the same way)."""
+    if not settings.is_encoder_decoder or len(prompt):
+        return [int(t) for t in prompt]
+    start = settings.decoder_start_token_id
+    if start is None:
+        start = settings.bos_token_id
+    if start is None:
+        raise ValueError("an encoder-decoder needs `decoder_start_token_id` (or `bos_token_id`)")
+    forced = sorted(settings.forced_decoder_ids or ())
+    if [i for i, _ in forced] != list(range(1, len(forced) + 1)):
+        raise ValueError(f"forced_decoder_ids must force positions 1, 2, ... in order, not {forced}")
+    return [int(start)] + [t for _, t in forced]
+
+
+def resolve_lengths(settings: GenerationSettings, prompt_length: int) -> _Lengths:
+    """`max_length` and `min_length` as `_prepare_generated_length` (generation/utils.py) sets them for a prompt."""
+    max_length, min_length = settings.max_length, settings.min_length
+    if settings.max_new_tokens is not None:
+        max_length = settings.max_new_tokens + prompt_length
+    elif settings.max_length_is_default and max_length == 20:  # GenerationConfig().max_length: 20 new tokens
+        max_length = max_length + prompt_length
+        if settings.max_position_embeddings is not None:
+            max_length = min(max_length, settings.max_position_embeddings)
+    if settings.min_new_tokens is not None:
+        min_length = settings.min_new_tokens + prompt_length
+    # `_validate_generated_length`
+    if prompt_length >= max_length:
+        raise ValueError(
+            f"Input length of the prompt is {prompt_length}, but `max_length` is set to {max_length}. "
+            "Increase `max_length` or, better yet, set `max_new_tokens`."
+        )
+    return _Lengths(max_length=max_length, min_length=min_length, prompt_length=prompt_length)
+
+
+def _validate(settings: GenerationSettings) -> None:
+    if settings.num_return_sequences > max(settings.num_beams, 1) and not settings.do_sample:
+        raise ValueError("Greedy methods without beam search do not support `num_return_sequences` different than 1")
+    if settings.num_beams > 1 and settings.num_return_sequences > settings.num_beams:
+        raise ValueError("`num_return_sequences` has to be smaller or equal to `num_beams`.")
+
+
+def generate(
+    model: StepModel, prompt: Sequence[int], settings: GenerationSettings, *, stop: StopCallback | None = None
+) -> list[list[int]]:
+    """The sequences `transformers.generate` would return for this one prompt (causal: prompt + new tokens;
+    encoder-decoder: decoder start (+ forced ids) + new tokens), `num_return_sequences` of them, best first.
+
+    Each sequence ends at its own end (its eos token included): no padding to a common length. `stop` is called with
+    a row's new tokens after each step; True ends that row as an eos would (the caller decodes stop strings)."""
+    _validate(settings)
+    ids = initial_ids(prompt, settings)
+    if settings.num_beams > 1:
+        return _beam_search(model, ids, settings, stop)
+    rows = settings.num_return_sequences
+    out = [list(ids) for _ in range(rows)]
+    for active, tokens in _sample(model, ids, settings, stop, rows):
+        for row, token in zip(active.tolist(), tokens.tolist()):
+            out[row].append(token)
+    return out
+
+
+def stream(
+    model: StepModel, prompt: Sequence[int], settings: GenerationSettings, *, stop: StopCallback | None = None
+) -> Iterator[int]:
+    """Greedy or sampling (num_beams 1, one sequence): yields each new token id as soon as it is chosen."""
+    if settings.num_beams > 1 or settings.num_return_sequences != 1:
+        raise ValueError("streaming needs num_beams 1 and num_return_sequences 1")
+    for _, tokens in _sample(model, initial_ids(prompt, settings), settings, stop, 1):
+        yield int(tokens[0])
+
+
+def _sample(
+    model: StepModel, ids: list[int], settings: GenerationSettings, stop: StopCallback | None, rows: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`_sample` (generation/utils.py): yields, per step, the rows still running and the token each chose. A row
+    that finishes is dropped from the model's batch (`reorder`) instead of being fed padding."""
+    start = time.monotonic()
+    lengths = resolve_lengths(settings, len(ids))
+    processors = build_processors(
+        settings,
+        prompt_length=lengths.prompt_length,
+        max_length=lengths.max_length,
+        min_length=lengths.min_length,
+        vocab_size=model.vocab_size,
+    )
+    eos = np.asarray(settings.eos_token_id or (), dtype=np.int64)
+    rng = np.random.default_rng(settings.seed) if settings.do_sample else None
+    sequences = np.tile(np.asarray(ids, dtype=np.int64), (rows, 1))
+    active = np.arange(rows)
+    logits = model.step(sequences[:1])
+    if rows > 1:  # the prompt runs once; its row is copied, as `_expand_inputs_for_generation` does
+        model.reorder(np.zeros(rows, dtype=np.int64))
+        logits = np.repeat(logits, rows, axis=0)
+    while True:
+        scores = logits.astype(np.float32, copy=False)
+        for processor in processors:
+            scores = processor(sequences, scores)
+        tokens = _draw(scores, rng) if rng is not None else np.argmax(scores, axis=-1)
+        sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
+        yield active, tokens
+        done = _stopped(sequences, tokens, lengths, eos, stop, settings, start)
+        if done.all():
+            return
+        if done.any():
+            keep = np.flatnonzero(~done)
+            model.reorder(keep)
+            sequences, active, tokens = sequences[keep], active[keep], tokens[keep]
+        logits = model.step(tokens[:, None])
+
+
+def _draw(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row from softmax(scores), as `torch.multinomial(probs, 1)` draws it."""
+    cdf = np.cumsum(softmax(scores.astype(np.float64)), axis=-1)
+    u = rng.random((scores.shape[0], 1)) * cdf[:, -1:]
+    return np.minimum((cdf <= u).sum(axis=-1), scores.shape[1] - 1).astype(np.int64)
+
+
+def _stopped(
+    sequences: np.ndarray,
+    tokens: np.ndarray,
+    lengths: _Lengths,
+    eos: np.ndarray,
+    stop: StopCallback | None,
+    settings: GenerationSettings,
+    start: float,
+) -> np.ndarray:
+    """The stopping criteria of `_get_stopping_criteria` for each row of `sequences` (whose last token is new)."""
+    if sequences.shape[1] >= lengths.max_length:
+        return np.ones(len(tokens), dtype=bool)
+    if settings.max_time is not None and time.monotonic() - start > settings.max_time:
+        return np.ones(len(tokens), dtype=bool)
+    done = np.isin(tokens, eos) if eos.size else np.zeros(len(tokens), dtype=bool)
+    if stop is not None:
+        new = sequences[:, lengths.prompt_length :].tolist()
+        done |= np.array([stop(row) for row in new], dtype=bool)
+    return done
+
+
+def _beam_search(
+    model: StepModel, ids: list[int], settings: GenerationSettings, stop: StopCallback | None
+) -> list[list[int]]:
+    raise NotImplementedError("beam search: coming next")
