@@ -171,7 +171,7 @@ def generate(
     rows = settings.num_return_sequences
     out = [list(ids) for _ in range(rows)]
     for active, tokens in _sample(model, ids, settings, stop, rows):
-        for row, token in zip(active.tolist(), tokens.tolist()):
+        for row, token in zip(active.tolist(), tokens.tolist(), strict=True):
             out[row].append(token)
     return out
 
@@ -253,7 +253,109 @@ def _stopped(
     return done
 
 
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` largest values, largest first, the lower index first among equal values."""
+    if k < len(values):
+        threshold = np.partition(values, len(values) - k)[len(values) - k]
+        candidates = np.flatnonzero(values >= threshold)
+    else:
+        candidates = np.arange(len(values))
+    return candidates[np.argsort(-values[candidates], kind="stable")[:k]]
+
+
 def _beam_search(
     model: StepModel, ids: list[int], settings: GenerationSettings, stop: StopCallback | None
 ) -> list[list[int]]:
-    raise NotImplementedError("beam search: coming next")
+    """`_beam_search` (generation/utils.py, 4.57) for one prompt: all beams run as one batch of `num_beams` rows,
+    reordered after each step. Scores are float32 as in torch; -1e9 marks the impossible, as there."""
+    start = time.monotonic()
+    lengths = resolve_lengths(settings, len(ids))
+    max_length, prompt_length = lengths.max_length, lengths.prompt_length
+    vocab = model.vocab_size
+    processors = build_processors(
+        settings,
+        prompt_length=prompt_length,
+        max_length=max_length,
+        min_length=lengths.min_length,
+        vocab_size=vocab,
+    )
+    eos = np.asarray(settings.eos_token_id or (), dtype=np.int64)
+    rng = np.random.default_rng(settings.seed) if settings.do_sample else None
+    beams, length_penalty, early_stopping = settings.num_beams, settings.length_penalty, settings.early_stopping
+    # Keep (eos count + 1) * num_beams candidates, so that num_beams of them continue if the best end.
+    keep = max(2, 1 + len(eos)) * beams
+    top_num_beam_mask = np.arange(keep) < beams
+    big = np.float32(-1.0e9)
+
+    cur_len = prompt_length
+    running = np.zeros((beams, max_length), dtype=np.int64)
+    running[:, :cur_len] = ids
+    running_scores = np.full(beams, big, dtype=np.float32)
+    running_scores[0] = 0.0  # only the first beam's tokens count at the first step
+    finished = running.copy()
+    finished_scores = np.full(beams, big, dtype=np.float32)
+    finished_lengths = np.full(beams, cur_len)
+    is_sent_finished = np.zeros(beams, dtype=bool)
+    improvable = True
+
+    logits = model.step(running[:1, :cur_len])
+    model.reorder(np.zeros(beams, dtype=np.int64))
+    logits = np.repeat(logits, beams, axis=0)
+    while True:
+        log_probs = log_softmax(logits.astype(np.float32, copy=False))
+        for processor in processors:
+            log_probs = processor(running[:, :cur_len], log_probs)
+        accumulated = (log_probs + running_scores[:, None]).reshape(-1)
+
+        # `_get_top_k_continuations`
+        if rng is not None:
+            probs = softmax(accumulated.astype(np.float64))
+            top = rng.choice(accumulated.size, size=keep, replace=False, p=probs / probs.sum())
+        else:
+            top = _top(accumulated, keep)
+        top_scores = accumulated[top]
+        top_beams = top // vocab
+        top_sequences = running[top_beams]
+        top_sequences[:, cur_len] = top % vocab
+
+        hits = _stopped(top_sequences[:, : cur_len + 1], top % vocab, lengths, eos, stop, settings, start)
+
+        # `_get_running_beams_for_next_iteration`
+        running_candidates = top_scores + hits.astype(np.float32) * big
+        next_beams = _top(running_candidates, beams)
+        running = top_sequences[next_beams]
+        running_scores = running_candidates[next_beams]
+        reorder = top_beams[next_beams]
+
+        # `_update_finished_beams`
+        just_finished = hits & top_num_beam_mask
+        final_scores = top_scores / ((cur_len + 1 - prompt_length) ** length_penalty)
+        if is_sent_finished.all() and early_stopping is True:
+            final_scores = final_scores + big
+        if not improvable:
+            final_scores = final_scores + big
+        final_scores = final_scores + (~just_finished).astype(np.float32) * big
+        merged_scores = np.concatenate([finished_scores, final_scores.astype(np.float32)])
+        best = _top(merged_scores, beams)
+        finished = np.concatenate([finished, top_sequences])[best]
+        finished_scores = merged_scores[best]
+        finished_lengths = np.concatenate([finished_lengths, np.full(keep, cur_len + 1)])[best]
+        is_sent_finished = np.concatenate([is_sent_finished, just_finished])[best]
+
+        cur_len += 1
+        # `_check_early_stop_heuristic`
+        if early_stopping == "never" and length_penalty > 0.0:
+            best_length = max_length - prompt_length
+        else:
+            best_length = cur_len - prompt_length
+        best_running = running_scores[0] / (best_length**length_penalty)
+        worst_finished = np.where(is_sent_finished, finished_scores.min(), big)
+        improvable = improvable and bool(np.any(best_running > worst_finished))
+        # `_beam_search_has_unfinished_sequences`
+        if not improvable or (is_sent_finished.all() and early_stopping is True) or hits.all():
+            break
+        model.reorder(reorder)
+        logits = model.step(running[:, cur_len - 1 : cur_len])
+
+    count = settings.num_return_sequences
+    return [finished[i, : finished_lengths[i]].tolist() for i in range(count)]
