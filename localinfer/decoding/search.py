@@ -44,7 +44,9 @@ class GenerationSettings:
 
     `max_length_is_default` is `generate`'s `has_default_max_length`: True unless `max_length` was passed to
     `generate` as an argument (the pipelines pass it only when the request has it); with it, a `max_length` equal to
-    the library default (20) counts new tokens, capped at `max_position_embeddings`."""
+    the library default (20) counts new tokens, capped at `max_position_embeddings`. `stop_strings` and `prefix`
+    (the text a pipeline puts before the input: the model config's `prefix` or its task's) are the caller's to
+    apply: it decodes (the `stop` callback of `generate`) and tokenizes."""
 
     max_length: int = 20
     max_new_tokens: int | None = None
@@ -77,11 +79,13 @@ class GenerationSettings:
     begin_suppress_tokens: tuple[int, ...] | None = None
     forced_decoder_ids: tuple[tuple[int, int], ...] | None = None
     renormalize_logits: bool = False
+    stop_strings: tuple[str, ...] | None = None
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] | None = None
     pad_token_id: int | None = None
     decoder_start_token_id: int | None = None
     is_encoder_decoder: bool = False
+    prefix: str | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -92,6 +96,10 @@ class GenerationSettings:
                 object.__setattr__(self, name, (value,))
             elif value is not None:
                 object.__setattr__(self, name, tuple(int(v) for v in value))
+        if isinstance(self.stop_strings, str):
+            object.__setattr__(self, "stop_strings", (self.stop_strings,))
+        elif self.stop_strings is not None:
+            object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
         if self.bad_words_ids is not None:
             object.__setattr__(self, "bad_words_ids", tuple(tuple(int(t) for t in w) for w in self.bad_words_ids))
         if self.forced_decoder_ids is not None:
