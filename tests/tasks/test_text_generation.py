@@ -268,3 +268,24 @@ def test_stream_refuses_what_it_cannot_stream(engine):
         engine.stream("tiny/gpt2", {"inputs": ["hi", "you"]})
     with pytest.raises(BadRequestError, match="text-generation"):
         engine.stream("tiny/bart", {"inputs": "hi"}, task="summarization")
+
+
+@pytest.mark.parametrize("stops", [["stop"], ["tower", "e P"], [" is the"]])
+def test_stop_strings_stop_where_transformers_stop_string_criteria_stops(oracle, stops):
+    """After every token of a few texts, the `stop` callback agrees with transformers' StopStringCriteria: a stop
+    string that overlaps the last token (overhangs included) stops, one wholly before it does not."""
+    import torch
+    from transformers import StopStringCriteria
+
+    from localinfer.tasks.generation import stop_strings
+
+    criteria = StopStringCriteria(oracle.tokenizer, stops)
+    stop = stop_strings(oracle.tokenizer, stops)
+    verdicts = []
+    for text in ["Paris is the capital of France, nonstopper", "The tower stops. Paris is the tower", "unstoppable"]:
+        ids = oracle.tokenizer(text)["input_ids"]
+        for end in range(1, len(ids) + 1):
+            expected = bool(criteria(torch.tensor([ids[:end]]), None)[0])
+            assert stop(ids[:end]) == expected, (text, oracle.tokenizer.convert_ids_to_tokens(ids[:end]))
+            verdicts.append(expected)
+    assert any(verdicts) and not all(verdicts)
