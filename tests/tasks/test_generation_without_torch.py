@@ -35,6 +35,7 @@ QUERIES = [
     ("tiny/t5", {"inputs": "Today is a sunny day", "parameters": GREEDY}, "text2text-generation"),
     ("tiny/gpt2-chat", {"inputs": {"text": "Which city?"}, "parameters": GREEDY}, "conversational"),
     ("tiny/blenderbot-small", {"inputs": {"text": "Which city?"}, "parameters": GREEDY}, "conversational"),
+    ("tiny/tapex", {"inputs": {"query": "How many stars?", "table": {"Stars": ["36542", "4512"]}}}, None),
 ]
 
 
