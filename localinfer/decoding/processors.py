@@ -65,7 +65,7 @@ class NoRepeatNGram:
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         n, length = self.n, input_ids.shape[1]
-        if length + 1 < n:
+        if length < n:  # no n-gram yet
             return scores
         windows = sliding_window_view(input_ids, n, axis=1)  # [rows, length - n + 1, n]
         prefix = input_ids[:, length - n + 1 :]  # the last n - 1 tokens
