@@ -13,8 +13,16 @@ import pytest
 from localinfer.decoding.models import CausalStepModel, EncoderDecoderStepModel, step_model
 
 TEXT = "The tower is 324 metres tall, about the same height"
-# (rows to keep, one new token per kept row): expansion to 3 rows, then a reordering with a repeat
-SCHEDULE = [(None, [[5]]), (None, [[7]]), ([0, 0, 0], [[3], [9], [11]]), ([2, 0, 2], [[4], [4], [8]]), (None, None)]
+# (rows to keep, one new token per kept row): expansion to 3 rows, a reordering with a repeat, rows kept in place,
+# then 2 of them (a finished row dropped)
+SCHEDULE = [
+    (None, [[5]]),
+    (None, [[7]]),
+    ([0, 0, 0], [[3], [9], [11]]),
+    ([2, 0, 2], [[4], [4], [8]]),
+    ([0, 1, 2], [[6], [2], [1]]),
+    ([2, 1], [[3], [3]]),
+]
 
 
 def _close(actual: np.ndarray, expected) -> None:
