@@ -146,3 +146,61 @@ def torch_generate(model, prompt: Sequence[int], **kwargs) -> list[list[int]]:
                 break
         rows.append(row)
     return rows
+
+
+def loop_overhead(vocab: int = 50257, tokens: int = 200, repeats: int = 3) -> dict[str, float]:
+    """The decoding loop's own time per new token (search and processors), in ms, over a StepModel that returns
+    precomputed logits at once: `python -m tests.decoding_helpers`."""
+    import time
+
+    from localinfer.decoding import generate
+
+    table = np.random.default_rng(0).standard_normal((64, vocab)).astype(np.float32) * 3
+
+    class Instant:
+        vocab_size = vocab
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def step(self, ids: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            return np.broadcast_to(table[self.calls % 64], (len(ids), vocab))
+
+        def reorder(self, rows: np.ndarray) -> None:
+            pass
+
+    cases = {
+        "greedy": {},
+        "greedy, repetition_penalty 1.3, no_repeat_ngram_size 3": {
+            "repetition_penalty": 1.3,
+            "no_repeat_ngram_size": 3,
+        },
+        "4 beams": {"num_beams": 4},
+        "4 beams, no_repeat_ngram_size 3, length_penalty 2": {
+            "num_beams": 4,
+            "no_repeat_ngram_size": 3,
+            "length_penalty": 2.0,
+        },
+        "sampling, temperature 0.7, top_k 50, top_p 0.9": {
+            "do_sample": True,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "seed": 0,
+        },
+    }
+    result = {}
+    for name, values in cases.items():
+        settings = GenerationSettings(max_new_tokens=tokens, **values)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            generate(Instant(), list(range(20)), settings)
+            best = min(best, time.perf_counter() - start)
+        result[name] = best / tokens * 1e3
+    return result
+
+
+if __name__ == "__main__":
+    for case, ms in loop_overhead().items():
+        print(f"{case}: {ms:.3f} ms per token")

@@ -4,6 +4,7 @@ the same distribution for sampling; `resolve_settings` against what the pipeline
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -227,6 +228,23 @@ def test_real_generation_config_shapes(models, shape):
         assert torch_generate(model, P2) != expected, "the config's beam search changes nothing"
     finally:
         model.generation_config = saved
+
+
+def test_encoder_decoder_with_a_decoder_prompt(models):
+    """A decoder prompt (Whisper's start, language, task tokens) is kept, and begin_suppress_tokens apply right after
+    it, as `generate(decoder_input_ids=...)` does."""
+    model = models["bart"]
+    decoder_prompt = [2, 41, 56]
+    kwargs = {"max_new_tokens": 8, "begin_suppress_tokens": [59, 25, 41], "suppress_tokens": [18]}
+    with torch.no_grad():
+        out = model.generate(torch.tensor([P1]), decoder_input_ids=torch.tensor([decoder_prompt]), **kwargs).tolist()
+    assert out[0][:3] == decoder_prompt
+    assert generate(TorchStepModel(model, P1), decoder_prompt, settings_for(model, **kwargs)) == out
+    with torch.no_grad():
+        plain = model.generate(torch.tensor([P1]), decoder_input_ids=torch.tensor([decoder_prompt]), max_new_tokens=8)
+    assert plain.tolist() != out
+    forced = dataclasses.replace(settings_for(model, max_new_tokens=8), forced_decoder_ids=((1, 41), (2, 56)))
+    assert generate(TorchStepModel(model, P1), [], forced) == plain.tolist()
 
 
 def test_stream_yields_the_greedy_tokens_one_by_one(models):
@@ -592,3 +610,136 @@ def test_runs_without_torch(pipeline_models):
     assert result["loaded"] == []
     assert result["num_beams"] == resolve_settings({}, folder, task="summarization").num_beams == 4
     assert result["sequences"] == [[1, 9, 9, 9]]
+
+
+# Each processor against its transformers counterpart (torch), on random scores, small and GPT-2-sized vocabularies.
+
+
+def _processor_pairs(vocab: int) -> dict:
+    from transformers.generation import logits_process as lp
+
+    from localinfer.decoding import processors as ours
+
+    eos = [2, 7]
+    return {
+        "repetition": (ours.RepetitionPenalty(1.3), lp.RepetitionPenaltyLogitsProcessor(1.3)),
+        "no-repeat-ngram": (ours.NoRepeatNGram(2), lp.NoRepeatNGramLogitsProcessor(2)),
+        "bad-words": (
+            ours.no_bad_words([[3], [4, 5], [2]], eos, vocab),
+            lp.NoBadWordsLogitsProcessor([[3], [4, 5], [2]], eos),
+        ),
+        "sequence-bias": (
+            ours.SequenceBias([((3,), 2.5), ((4, 5), -1.5)], vocab),
+            lp.SequenceBiasLogitsProcessor([[[3], 2.5], [[4, 5], -1.5]]),
+        ),
+        "min-length": (ours.MinLength(50, eos, vocab), lp.MinLengthLogitsProcessor(50, eos)),
+        "forced-eos": (ours.ForcedToken(13, eos), lp.ForcedEOSTokenLogitsProcessor(14, eos)),
+        "exp-decay": (
+            ours.ExponentialDecayLengthPenalty(3, 1.5, eos, 6),
+            lp.ExponentialDecayLengthPenalty((3, 1.5), eos, 6),
+        ),
+        "suppress": (ours.SuppressTokens([3, 9], vocab), lp.SuppressTokensLogitsProcessor([3, 9])),
+        "temperature": (ours.Temperature(0.7), lp.TemperatureLogitsWarper(0.7)),
+        "top-k": (ours.TopK(5), lp.TopKLogitsWarper(5)),
+        "top-k-beams": (ours.TopK(1, 3), lp.TopKLogitsWarper(1, min_tokens_to_keep=3)),
+        "top-p": (ours.TopP(0.8), lp.TopPLogitsWarper(0.8)),
+        "top-p-beams": (ours.TopP(0.01, 3), lp.TopPLogitsWarper(0.01, min_tokens_to_keep=3)),
+        "min-p": (ours.MinP(0.2), lp.MinPLogitsWarper(0.2)),
+        "typical": (ours.Typical(0.6), lp.TypicalLogitsWarper(0.6)),
+        "epsilon": (ours.EpsilonCutoff(3e-4), lp.EpsilonLogitsWarper(3e-4)),
+        "eta": (ours.EpsilonCutoff(3e-4, eta=True), lp.EtaLogitsWarper(3e-4)),
+        "inf-nan": (ours.inf_nan_remove, lp.InfNanRemoveLogitsProcessor()),
+        "renormalize": (ours.renormalize, lp.LogitNormalization()),
+    }
+
+
+@pytest.mark.parametrize("vocab", [11, 50257])
+@pytest.mark.parametrize("name", list(_processor_pairs(11)))
+def test_processor_equals_transformers(name, vocab):
+    ours, theirs = _processor_pairs(vocab)[name]
+    rng = np.random.default_rng(vocab)
+    input_ids = rng.integers(0, 11, size=(3, 13))
+    input_ids[1, -3:] = [4, 5, 4]  # a bad word's prefix, a repeated bigram
+    scores = (rng.standard_normal((3, vocab)) * 4).astype(np.float32)
+    if name == "inf-nan":
+        scores[0, :3] = [np.inf, -np.inf, np.nan]
+    if name.startswith("top-p"):
+        scores[2, 20 % vocab :] = -np.inf  # a row already cut by top-k
+    expected = theirs(torch.from_numpy(input_ids), torch.from_numpy(scores.copy())).numpy()
+    np.testing.assert_allclose(ours(input_ids, scores.copy()), expected, rtol=1e-5, atol=1e-5)
+    if name not in ("inf-nan",):
+        assert not np.array_equal(expected, scores), "the processor changes nothing here"
+
+
+def test_beam_top_k_equals_a_full_sort():
+    from localinfer.decoding.search import _top
+
+    rng = np.random.default_rng(0)
+    for size in (40, 4 * 50257, 6 * 32000 + 17):
+        values = rng.standard_normal(size).astype(np.float32)
+        values[rng.integers(0, size, size // 3)] = -np.inf
+        values[rng.integers(0, size, 12)] = values.max()  # ties at the top
+        for k in (1, 8, 12, 40):
+            assert _top(values, k).tolist() == np.argsort(-values, kind="stable")[:k].tolist()
+
+
+def test_sampled_rows_end_at_their_own_eos():
+    """Rows that draw eos stop there (and leave the batch), the others go on to the length limit."""
+    model = FixedLogits(LOGITS)
+    settings = GenerationSettings(
+        do_sample=True, top_k=0, eos_token_id=1, max_new_tokens=12, num_return_sequences=60, seed=5
+    )
+    rows = generate(model, [0], settings)
+    assert len(rows) == 60
+    for row in rows:
+        new = row[1:]
+        assert 1 not in new[:-1]
+        assert new[-1] == 1 or len(new) == 12
+    assert len({len(row) for row in rows}) > 3
+    assert model.rows < 60  # the finished rows were dropped from the model's batch
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bart", "t5", "marian", "blenderbot-small"])
+def test_fixture_models_token_identical(tiny, one_thread, name):
+    """The session's trained generation fixtures, with their own generation configs, greedy and beam search."""
+    from tests.fixtures.tiny_models import CORPUS
+
+    folder = tiny[name]
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    auto = transformers.AutoModelForCausalLM if name == "gpt2" else transformers.AutoModelForSeq2SeqLM
+    model = auto.from_pretrained(folder).eval()
+    settings = (
+        {},
+        {"num_beams": 4, "length_penalty": 2.0, "no_repeat_ngram_size": 3, "min_length": 5, "max_length": 24,
+         "max_new_tokens": None, "early_stopping": True},
+        {"num_beams": 5, "num_return_sequences": 3, "max_new_tokens": 16, "repetition_penalty": 1.3},
+    )  # fmt: skip
+    answers = []
+    for text in CORPUS[4:7]:
+        prompt = tok(text)["input_ids"]
+        answers.append([])
+        for kwargs in settings:
+            expected = torch_generate(model, prompt, **kwargs)
+            answers[-1].append(expected)
+            assert ours(model, prompt, **kwargs) == expected
+    for i in range(len(settings)):  # each setting's answer changes with the input, and differs from greedy's
+        assert len({str(row[i]) for row in answers}) > 1
+        assert i == 0 or any(row[i][:1] != row[0] for row in answers)
+
+
+@pytest.mark.parametrize("warpers", [{"top_k": 0}, {"top_k": 6, "temperature": 0.5}], ids=["plain", "top_k"])
+def test_sampling_on_a_gpt2_sized_vocabulary(warpers):
+    """The large-vocabulary path: ten likely tokens spread over 50257, the rest with no mass to speak of."""
+    vocab, rows, steps = 50257, 100, 30
+    logits = np.full(vocab, -60.0, dtype=np.float32)
+    where = np.linspace(7, vocab - 1, len(LOGITS)).astype(int)
+    logits[where] = LOGITS
+    settings = GenerationSettings(do_sample=True, max_new_tokens=steps, num_return_sequences=rows, seed=11, **warpers)
+    tokens = np.array([row[1:] for row in generate(FixedLogits(logits), [0], settings)]).reshape(-1)
+    assert set(tokens.tolist()) <= set(where.tolist())
+    probs = expected_probs(**{k: v for k, v in warpers.items() if v})
+    counts = np.array([(tokens == w).sum() for w in where])
+    expected = probs * rows * steps
+    kept = expected > 0
+    assert counts[~kept].sum() == 0
+    assert (((counts - expected) ** 2)[kept] / expected[kept]).sum() < 30, (counts, expected)

@@ -7,5 +7,6 @@ as the pipelines and `generate` resolve it). No torch import anywhere in this pa
 """
 
 from localinfer.decoding.search import GenerationSettings, StepModel, generate, stream
+from localinfer.decoding.settings import resolve_settings
 
-__all__ = ["GenerationSettings", "StepModel", "generate", "stream"]
+__all__ = ["GenerationSettings", "StepModel", "generate", "resolve_settings", "stream"]

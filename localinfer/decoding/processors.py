@@ -25,12 +25,35 @@ NEG_INF = np.float32(-np.inf)
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
     shifted = scores - scores.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    total = np.exp(shifted).sum(axis=-1, keepdims=True)
+    shifted -= np.log(total)
+    return shifted
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
     e = np.exp(scores - scores.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+_LARGE = 16384  # a vocabulary from which a partial selection pays
+
+
+def kth_largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k-th largest score of each row, [rows, 1]. On a large vocabulary the candidates are first narrowed to
+    the values reaching the k-th largest of 256 block maxima (at least k values reach it)."""
+    rows, vocab = scores.shape
+    if vocab < _LARGE or k > 256:
+        return np.partition(scores, vocab - k, axis=-1)[:, vocab - k, None]
+    width = vocab // 256
+    maxima = scores[:, : 256 * width].reshape(rows, 256, width).max(axis=-1)
+    if 256 * width < vocab:
+        maxima = np.concatenate([maxima, scores[:, 256 * width :].max(axis=-1, keepdims=True)], axis=1)
+    bound = np.partition(maxima, maxima.shape[1] - k, axis=-1)[:, maxima.shape[1] - k]
+    out = np.empty((rows, 1), dtype=scores.dtype)
+    for i in range(rows):
+        candidates = scores[i][scores[i] >= bound[i]]
+        out[i, 0] = np.partition(candidates, len(candidates) - k)[len(candidates) - k]
+    return out
 
 
 def _token_mask(vocab_size: int, tokens: Sequence[int]) -> np.ndarray:
@@ -198,8 +221,7 @@ class TopK:
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         k = min(self.top_k, scores.shape[-1])
-        kth = np.partition(scores, -k, axis=-1)[:, -k, None]
-        return np.where(scores < kth, NEG_INF, scores)
+        return np.where(scores < kth_largest(scores, k), NEG_INF, scores)
 
 
 class TopP:
@@ -212,6 +234,19 @@ class TopP:
         self.min_tokens_to_keep = min_tokens_to_keep
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if scores.shape[-1] < _LARGE:
+            return np.where(self._remove(scores), NEG_INF, scores)
+        out = scores.copy()
+        for row in out:
+            # Tokens at -inf have no mass and are never kept: sort only the others (a vocabulary sort is slow).
+            finite = np.flatnonzero(row > NEG_INF)
+            if len(finite) >= self.min_tokens_to_keep:
+                row[finite[self._remove(row[finite][None])[0]]] = NEG_INF
+            else:
+                row[self._remove(row[None])[0]] = NEG_INF
+        return out
+
+    def _remove(self, scores: np.ndarray) -> np.ndarray:
         order = np.argsort(scores, axis=-1, kind="stable")  # ascending, as `torch.sort(descending=False)`
         sorted_scores = np.take_along_axis(scores, order, axis=-1)
         cumulative = np.cumsum(softmax(sorted_scores), axis=-1, dtype=np.float32)
@@ -219,7 +254,7 @@ class TopP:
         remove_sorted[:, -self.min_tokens_to_keep :] = False
         remove = np.empty_like(remove_sorted)
         np.put_along_axis(remove, order, remove_sorted, axis=-1)
-        return np.where(remove, NEG_INF, scores)
+        return remove
 
 
 class MinP:
@@ -251,11 +286,12 @@ class Typical:
         ent = -np.nansum(normalized * p, axis=-1, keepdims=True)
         shifted = np.abs(-normalized - ent)
         order = np.argsort(shifted, axis=-1, kind="stable")
-        sorted_scores = np.take_along_axis(scores, order, axis=-1)
-        cumulative = np.cumsum(softmax(sorted_scores), axis=-1, dtype=np.float32)
+        sorted_shifted = np.take_along_axis(shifted, order, axis=-1)
+        sorted_logits = np.take_along_axis(scores, order, axis=-1)
+        cumulative = np.cumsum(softmax(sorted_logits), axis=-1, dtype=np.float32)
         last_ind = np.minimum((cumulative < self.mass).sum(axis=1), scores.shape[-1] - 1)
-        threshold = np.take_along_axis(sorted_scores, last_ind[:, None], axis=-1)
-        remove_sorted = sorted_scores > threshold
+        threshold = np.take_along_axis(sorted_shifted, last_ind[:, None], axis=-1)
+        remove_sorted = sorted_shifted > threshold
         remove_sorted[:, : self.min_tokens_to_keep] = False
         remove = np.empty_like(remove_sorted)
         np.put_along_axis(remove, order, remove_sorted, axis=-1)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from localinfer.decoding.processors import build_processors, log_softmax, softmax
+from localinfer.decoding.processors import build_processors, kth_largest, log_softmax, softmax
 
 StopCallback = Callable[[list[int]], bool]
 
@@ -234,10 +234,19 @@ def _sample(
 
 
 def _draw(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One token per row from softmax(scores), as `torch.multinomial(probs, 1)` draws it."""
-    cdf = np.cumsum(softmax(scores.astype(np.float64)), axis=-1)
-    u = rng.random((scores.shape[0], 1)) * cdf[:, -1:]
-    return np.minimum((cdf <= u).sum(axis=-1), scores.shape[1] - 1).astype(np.int64)
+    """One token per row from softmax(scores), as `torch.multinomial(probs, 1)` draws it (by inverting the CDF)."""
+    rows, vocab = scores.shape
+    u = rng.random((rows, 1))
+    if vocab < 16384:
+        cdf = np.cumsum(softmax(scores.astype(np.float64)), axis=-1)
+        return np.minimum((cdf <= u * cdf[:, -1:]).sum(axis=-1), vocab - 1).astype(np.int64)
+    tokens = np.empty(rows, dtype=np.int64)
+    for i, row in enumerate(scores):
+        # Tokens at -inf (cut by top-k / top-p) have no mass: the CDF runs over the others only.
+        candidates = np.flatnonzero(row > -np.inf)
+        cdf = np.cumsum(softmax(row[candidates].astype(np.float64)))
+        tokens[i] = candidates[min(int(np.searchsorted(cdf, u[i, 0] * cdf[-1], side="right")), len(cdf) - 1)]
+    return tokens
 
 
 def _stopped(
@@ -264,8 +273,7 @@ def _stopped(
 def _top(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the `k` largest values, largest first, the lower index first among equal values."""
     if k < len(values):
-        threshold = np.partition(values, len(values) - k)[len(values) - k]
-        candidates = np.flatnonzero(values >= threshold)
+        candidates = np.flatnonzero(values >= kth_largest(values[None], k)[0, 0])
     else:
         candidates = np.arange(len(values))
     return candidates[np.argsort(-values[candidates], kind="stable")[:k]]
@@ -313,7 +321,11 @@ def _beam_search(
         log_probs = log_softmax(logits.astype(np.float32, copy=False))
         for processor in processors:
             log_probs = processor(running[:, :cur_len], log_probs)
-        accumulated = (log_probs + running_scores[:, None]).reshape(-1)
+        if log_probs.flags.writeable and log_probs.base is None:  # ours (log_softmax or a processor made it)
+            log_probs += running_scores[:, None]
+            accumulated = log_probs.reshape(-1)
+        else:
+            accumulated = (log_probs + running_scores[:, None]).reshape(-1)
 
         # `_get_top_k_continuations`
         if rng is not None:

@@ -162,7 +162,9 @@ def settings_from_config(
 ) -> GenerationSettings:
     """The settings of a final `GenerationConfig` (as `generate` holds it after `_prepare_generation_config`), with
     the special tokens `_prepare_special_tokens` (generation/utils.py) derives: pad falls back to eos, the decoder
-    start to bos."""
+    start to bos. `forced_decoder_ids` is left out, as `generate` ignores it: only Whisper's `generate` reads it,
+    to build its decoder prompt (`_retrieve_init_tokens`, with the language and task), which its caller passes to
+    `search.generate` as the prompt."""
     from transformers.generation.configuration_utils import GenerationMode
 
     for key, default in _UNSUPPORTED.items():
@@ -211,7 +213,6 @@ def settings_from_config(
         exponential_decay_length_penalty=config.exponential_decay_length_penalty,
         suppress_tokens=config.suppress_tokens,
         begin_suppress_tokens=config.begin_suppress_tokens,
-        forced_decoder_ids=getattr(config, "forced_decoder_ids", None),
         renormalize_logits=bool(config.renormalize_logits),
         stop_strings=config.stop_strings,
         bos_token_id=config.bos_token_id,
