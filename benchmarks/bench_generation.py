@@ -1,5 +1,8 @@
-"""Generation benchmark (issue 4): greedy tokens per second, localinfer (ONNX Runtime, past key/values) against the
-transformers pipeline (PyTorch), same model and prompts, in one run.
+"""Generation benchmark (issues 4 and 11): tokens per second, greedy and beam search (4 beams), localinfer's decoding
+loop (numpy over ONNX Runtime, past key/values kept as OrtValues) against the transformers pipeline (PyTorch), same
+model and prompts, in one run; greedy GPT-2 also as a fraction of the weight-streaming bound (the model's weight
+bytes read once per token, at the GEMV bandwidth measured in the same run), and the time beam search spends
+reordering the past (`StepModel.reorder`) per step.
 
 Run: python benchmarks/bench_generation.py    (writes benchmarks/results/generation.json)
      python benchmarks/bench_generation.py --quick    (2-layer models, 8 tokens: proves it runs, times nothing)
@@ -8,14 +11,17 @@ Models: random GPT-2 small (12 layers, 768 wide) for text-generation and random 
 768 wide, 12 heads, feed-forward 3072) for summarization, with a 400-token vocabulary (the one trained for the
 tests, so that every generated id decodes; the real ones have 50257 and 50265, so their output layers are
 bigger). Speed does not depend on the weights; random weights only make the text meaningless.
-Both sides generate the same tokens (asserted).
+Both sides generate the same tokens (asserted). Beam search comes from the models' generation configs (the
+contract's text-generation has no `num_beams`): one folder per setting, the same weights.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,22 +93,95 @@ def build(root: Path) -> dict[str, Path]:
     )
     bart.save_pretrained(bart_dir)
     btok.save_pretrained(bart_dir)
-    return {"text-generation": gpt2_dir, "summarization": bart_dir}
+    beams_dir = root / "gpt2-beams4"
+    shutil.copytree(gpt2_dir, beams_dir)
+    config = json.loads((beams_dir / "generation_config.json").read_text())
+    (beams_dir / "generation_config.json").write_text(json.dumps({**config, "num_beams": 4}))
+    return {
+        "gpt2-greedy": (gpt2_dir, "text-generation"),
+        "gpt2-beams4": (beams_dir, "text-generation"),
+        # the summarization pipeline's default is 4 beams where the model's generation config names none; greedy
+        # (num_beams 1, the global default, which a generation config cannot tell apart) is asked for in the
+        # `generate` arguments, below the contract's parameters
+        "bart-greedy": (bart_dir, "summarization"),
+        "bart-beams4": (bart_dir, "summarization"),
+    }
 
 
-def ours(engine, task: str, parameters: dict, key: str) -> list[str]:
+def gemv_bandwidth(threads: int | None = None) -> float:
+    """GB/s at which ONNX Runtime's fp32 MatMul of 1x768 by 768x131072 streams its weights (a decode step's GEMV)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from localinfer.runtime.onnx import session_options
+
+    weights = np.random.default_rng(0).standard_normal((768, 131072), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 768])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 131072])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(threads))
+    x = np.ones((1, 768), dtype=np.float32)
+    seconds = median(timed(lambda: session.run(None, {"x": x}), repeat=30, warmup=3))
+    return weights.nbytes / seconds / 1e9
+
+
+def weight_bytes(sessions: dict) -> int:
+    """Bytes of the decoder's weights (what one decode step reads), from its ONNX file's initializers."""
+    import onnx
+
+    path = sessions["model.onnx"]._model_path
+    model = onnx.load(path, load_external_data=True)
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+
+class ReorderClock:
+    """Time spent in the step models' `reorder` (beam search's gathering of the past), and its calls."""
+
+    def __init__(self) -> None:
+        from localinfer.decoding import models
+
+        self.seconds, self.calls, self.patched = 0.0, 0, []
+        for cls in (models.CausalStepModel, models.EncoderDecoderStepModel):
+            self.patched.append((cls, cls.reorder))
+            cls.reorder = self._timed(cls.reorder)
+
+    def _timed(self, reorder):
+        def wrapper(model, rows):
+            started = time.perf_counter()
+            reorder(model, rows)
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+        return wrapper
+
+    def close(self) -> None:
+        for cls, reorder in self.patched:
+            cls.reorder = reorder
+
+
+def ours(engine, model_id: str, parameters: dict, key: str) -> list[str]:
+    if "num_beams" in parameters:  # not a contract parameter: the task's own run on `generate` arguments
+        model = engine.preload(model_id)
+        handler = engine.resolve(model_id)[1]
+        return [handler.answer(model, handler.name, p, dict(parameters), None)[0][key] for p in PROMPTS]
     payloads = [{"inputs": p, "parameters": parameters, "options": {"use_cache": False}} for p in PROMPTS]
-    return [engine.query(f"bench/{task}", payload)[0][key] for payload in payloads]
+    return [engine.query(model_id, payload)[0][key] for payload in payloads]
 
 
 def theirs(pipe, kwargs: dict, key: str) -> list[str]:
     return [pipe(p, **kwargs)[0][key] for p in PROMPTS]
 
 
-def alternate(engine, task: str, parameters: dict, pipe, kwargs: dict, key: str) -> tuple[float, float]:
+def alternate(engine, model_id: str, parameters: dict, pipe, kwargs: dict, key: str) -> tuple[float, float]:
     """One timed run of each, back to back, so that the machine's drift hits both alike."""
     return (
-        timed(lambda: ours(engine, task, parameters, key), repeat=1, warmup=0)[0],
+        timed(lambda: ours(engine, model_id, parameters, key), repeat=1, warmup=0)[0],
         timed(lambda: theirs(pipe, kwargs, key), repeat=1, warmup=0)[0],
     )
 
@@ -134,13 +213,19 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="localinfer-bench-gen-"))
     folders = build(root)
     toml = root / "models.toml"
-    toml.write_text("".join(f'[models."bench/{t}"]\npath = "{f}"\ntask = "{t}"\n\n' for t, f in folders.items()))
+    toml.write_text("".join(f'[models."bench/{n}"]\npath = "{f}"\ntask = "{t}"\n\n' for n, (f, t) in folders.items()))
     engine = LocalInference(toml, root / "home")
-    results: dict = {"torch_threads": torch.get_num_threads(), "new_tokens_per_prompt": NEW_TOKENS}
-    for task, folder in folders.items():
-        generator = engine.preload(f"bench/{task}").runner.model
-        sessions = [generator.session] if task == "text-generation" else [generator.decoder.session]
-        past_inputs = sum(i.name.startswith("past_key_values") for s in sessions for i in s.get_inputs())
+    bandwidth = gemv_bandwidth()
+    results: dict = {
+        "torch_threads": torch.get_num_threads(),
+        "new_tokens_per_prompt": NEW_TOKENS,
+        "gemv_gb_per_s": round(bandwidth, 1),
+    }
+    print("GEMV weight streaming:", results["gemv_gb_per_s"], "GB/s", flush=True)
+    for name, (folder, task) in folders.items():
+        model_id = f"bench/{name}"
+        sessions = engine.preload(model_id).runner.sessions
+        past_inputs = sum(i.name.startswith("past_key_values") for s in sessions.values() for i in s.get_inputs())
         pipe = pipeline(task, model=str(folder))
         if task == "text-generation":
             parameters = {"do_sample": False, "max_new_tokens": NEW_TOKENS, "return_full_text": False}
@@ -148,19 +233,33 @@ def main() -> None:
         else:
             parameters = {"do_sample": False, "min_length": NEW_TOKENS, "max_length": NEW_TOKENS}
             kwargs, key = {**parameters, "max_new_tokens": None}, "summary_text"
-        assert_same(ours(engine, task, parameters, key), theirs(pipe, kwargs, key), f"{task} texts")
+            if name == "bart-greedy":
+                parameters = kwargs = {**kwargs, "num_beams": 1}
+        assert_same(ours(engine, model_id, parameters, key), theirs(pipe, kwargs, key), f"{name} texts")
         tokens = generated_tokens(pipe, kwargs)
-        assert tokens == NEW_TOKENS * len(PROMPTS), f"{task}: {tokens} tokens, not {NEW_TOKENS} per prompt"
-        pairs = [alternate(engine, task, parameters, pipe, kwargs, key) for _ in range(1 if QUICK else 5)]
+        assert tokens == NEW_TOKENS * len(PROMPTS), f"{name}: {tokens} tokens, not {NEW_TOKENS} per prompt"
+        clock = ReorderClock()
+        try:
+            pairs = [alternate(engine, model_id, parameters, pipe, kwargs, key) for _ in range(1 if QUICK else 5)]
+        finally:
+            clock.close()
         ours_s, theirs_s = median([p[0] for p in pairs]), median([p[1] for p in pairs])
-        results[task] = {
+        results[name] = {
+            "task": task,
+            "num_beams": kwargs.get("num_beams", pipe.generation_config.num_beams),
             "generated_tokens": tokens,
             "localinfer_tokens_per_s": round(tokens / ours_s, 1),
             "pipeline_tokens_per_s": round(tokens / theirs_s, 1),
             "ratio": round(theirs_s / ours_s, 2),
-            "kv_cache": {"use_cache": bool(generator.use_cache), "past_key_value_inputs": past_inputs},
+            "past_key_value_inputs": past_inputs,
+            "reorder_ms_per_call": round(1000 * clock.seconds / clock.calls, 3) if clock.calls else 0.0,
+            "reorder_share_of_time": round(clock.seconds / sum(p[0] for p in pairs), 4),
         }
-        print(task, json.dumps(results[task]), flush=True)
+        if name == "gpt2-greedy":
+            read = weight_bytes(sessions)
+            results[name]["weight_mb"] = round(read / 1e6, 1)
+            results[name]["fraction_of_bound"] = round(read * tokens / ours_s / 1e9 / bandwidth, 3)
+        print(name, json.dumps(results[name]), flush=True)
     path = save(results_name("generation"), results)
     print(f"written to {path}")
 

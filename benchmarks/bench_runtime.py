@@ -93,7 +93,7 @@ def main() -> None:
         def env(name: str, pythonpath: Path | None = None) -> dict:
             home = tmp_path / name
             home.mkdir(exist_ok=True)
-            out = {**os.environ, "LOCALINFER_HOME": str(home / "localinfer"), "HOME": str(home)}
+            out = {**os.environ, "LOCALINFER_HOME": str(home / "cache"), "HOME": str(home)}
             out.pop("PYTHONPATH", None)
             if pythonpath is not None:
                 out["PYTHONPATH"] = str(pythonpath)

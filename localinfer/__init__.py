@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .offline import go_offline
@@ -40,6 +41,11 @@ def query(model_id: str, payload: Any, *, task: str | None = None) -> Any:
     return default_engine().query(model_id, payload, task=task)
 
 
+def stream(model_id: str, payload: Any, *, task: str | None = None) -> Iterator[str]:
+    """The new text of a text-generation answer for `payload`, piece by piece as tokens are decoded."""
+    return default_engine().stream(model_id, payload, task=task)
+
+
 __all__ = [
     "Answer",
     "BadRequestError",
@@ -52,4 +58,5 @@ __all__ = [
     "PayloadTooLargeError",
     "default_engine",
     "query",
+    "stream",
 ]

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,22 @@ class LocalInference:
         self.cache.set(key, result)
         answer = Answer(result, handler.name, False, model.runner.compute_type, time.perf_counter() - started)
         return self._usage(answer, handler, request.inputs)
+
+    def stream(self, model_id: str, payload: Any, *, task: str | None = None) -> Iterator[str]:
+        """The new text of a text-generation answer, piece by piece as it is decoded (never from the cache):
+        the pieces joined equal the answer's new text. One prompt, num_beams 1, one sequence."""
+        spec, handler, kind = self._resolve(model_id, task)
+        stream = getattr(handler, "stream", None)
+        if stream is None:
+            raise BadRequestError(f"streaming answers text-generation, not {handler.name}")
+        request = parse_payload(payload, media=False)
+        inputs, parameters = handler.validate(request.inputs, request.parameters)
+        if not isinstance(inputs, str):
+            raise BadRequestError("inputs: streaming answers one prompt (a string)")
+        model = self._loaded(spec, handler, kind, wait=True)
+        if model.runner.backend != "onnx":
+            raise BadRequestError("streaming runs on ONNX Runtime, not on the PyTorch route")
+        return stream(model, inputs, parameters)
 
     @staticmethod
     def _usage(answer: Answer, handler: Task, inputs: Any) -> Answer:

@@ -42,7 +42,7 @@ class LoadedModel:
 
     spec: ModelSpec
     kind: ExportKind
-    runner: Any  # a Runner, or a PipelineModel when kind.ort_class is set
+    runner: Any  # a Runner; a PipelineModel when kind.ort_class is set; OnnxSessions when kind.sessions is
     config: dict[str, Any]
     files: Path  # the folder with the tokenizer/processor files the runner goes with
     load_seconds: float = 0.0
@@ -70,20 +70,23 @@ def load_model(
     if spec.backend == "torch":
         from .torch import TorchPipelineModel, TorchRunner
 
+        pipeline = kind.ort_class or kind.sessions
         try:
-            runner: Runner = TorchPipelineModel(spec.path, kind) if kind.ort_class else TorchRunner(spec.path, kind)
+            runner: Runner = TorchPipelineModel(spec.path, kind) if pipeline else TorchRunner(spec.path, kind)
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
                 raise
             raise export_extra_missing(f"the PyTorch route of {spec.model_id}", exc) from None
         files = spec.path
     else:
-        from .onnx import OnnxPipelineModel, OnnxRunner
+        from .onnx import OnnxPipelineModel, OnnxRunner, OnnxSessions
 
         folder = onnx_location(spec, kind, home, fingerprint)
         if not folder.is_dir():
             export_onnx(spec.path, kind, folder)
-        if kind.ort_class:
+        if kind.sessions:
+            runner = OnnxSessions(folder, kind.sessions, threads=threads)
+        elif kind.ort_class:
             try:
                 runner = OnnxPipelineModel(folder, kind, threads=threads)
             except ModuleNotFoundError as exc:

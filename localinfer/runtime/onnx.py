@@ -68,6 +68,29 @@ class OnnxRunner:
         return dict(zip(names, self.session.run(names, inputs), strict=True))
 
 
+class OnnxSessions:
+    """Several graphs of one export, each in one ONNX Runtime session: a generation model's encoder and decoder
+    (`kind.sessions`), which localinfer.decoding runs step by step."""
+
+    backend = "onnx"
+
+    def __init__(self, folder: Path, names: Sequence[str], *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        missing = [name for name in names if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder} lacks {', '.join(missing)}: export the model with optimum's -with-past task"
+            )
+        options = session_options(threads)
+        self.sessions = {
+            name: ort.InferenceSession(str(folder / name), sess_options=options, providers=providers())
+            for name in names
+        }
+        first = next(iter(self.sessions.values()))
+        self.compute_type = "gpu+optimized" if "CUDA" in first.get_providers()[0] else "cpu+optimized"
+
+
 class OnnxPipelineModel:
     """An export run by optimum's ONNX Runtime model class (`kind.ort_class`), for a transformers pipeline.
 

@@ -11,12 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..decoding.models import CAUSAL_FILES, ENCODER_DECODER_FILES
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .base import Task
-from .generation import LengthParameters, generate_kwargs, seeded
+from .generation import (
+    LengthParameters,
+    generate_ids,
+    generate_kwargs,
+    generation_tokenizer,
+    seeded,
+    settings_for,
+    window,
+)
 from .text_generation import max_new_tokens
 
 
@@ -53,28 +63,25 @@ class Conversational(Task):
 
     def export_kind(self, folder: Path) -> ExportKind:
         if _encoder_decoder(folder):
-            return ExportKind("text2text-generation-with-past", ort_class="ORTModelForSeq2SeqLM")
-        return ExportKind("text-generation-with-past", ort_class="ORTModelForCausalLM")
+            return ExportKind("text2text-generation-with-past", sessions=ENCODER_DECODER_FILES)
+        return ExportKind("text-generation-with-past", sessions=CAUSAL_FILES)
 
     def run(self, model: LoadedModel, inputs: Conversation, parameters: ConversationalParameters) -> dict:
-        import torch
-
-        if "chat-tokenizer" not in model.state:
-            from transformers import AutoTokenizer
-
-            model.state["chat-tokenizer"] = AutoTokenizer.from_pretrained(model.files)
-        tokenizer = model.state["chat-tokenizer"]
+        tokenizer = generation_tokenizer(model)
+        encoder_decoder = model.kind.task.startswith("text2text")
         new_tokens = max_new_tokens(model, parameters.max_length)
-        input_ids, warnings = build_prompt(tokenizer, inputs, model.kind.task.startswith("text2text"), new_tokens)
+        ids, warnings = build_prompt(tokenizer, inputs, encoder_decoder, new_tokens, window(model, tokenizer))
         kwargs = generate_kwargs(parameters)
         kwargs["max_new_tokens"] = new_tokens
         if parameters.min_length is not None:
             kwargs["min_new_tokens"] = parameters.min_length
-        with seeded(parameters.seed), torch.inference_mode():
-            output = model.runner.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
-            )
-        reply_ids = output[0] if model.kind.task.startswith("text2text") else output[0][input_ids.shape[1] :]
+        if model.runner.backend == "torch":  # the reference route: the PyTorch model's `generate`
+            output = self._torch_generate(model, ids, kwargs, parameters.seed)
+        else:
+            settings = settings_for(model, kwargs, self.name, parameters.seed)
+            feeds = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+            output = generate_ids(model, ids, settings, encoder_feeds=feeds if encoder_decoder else None)
+        reply_ids = output[0] if encoder_decoder else output[0][len(ids) :]
         reply = tokenizer.decode(reply_ids, skip_special_tokens=True).strip()
         return {
             "generated_text": reply,
@@ -85,6 +92,17 @@ class Conversational(Task):
             "warnings": warnings,
         }
 
+    @staticmethod
+    def _torch_generate(model: LoadedModel, ids: list[int], kwargs: dict[str, Any], seed: int | None) -> list:
+        import torch
+
+        input_ids = torch.tensor([ids])
+        with seeded(seed), torch.inference_mode():
+            output = model.runner.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
+            )
+        return output.tolist()
+
 
 def turns(conversation: Conversation) -> list[tuple[str, str]]:
     """(role, text) of every turn, oldest first, ending with the new user text."""
@@ -94,24 +112,24 @@ def turns(conversation: Conversation) -> list[tuple[str, str]]:
     return [*history, ("user", conversation.text)]
 
 
-def build_prompt(tokenizer: Any, conversation: Conversation, encoder_decoder: bool, new_tokens: int) -> tuple:
-    """The prompt's input ids [1, n] and warnings; the oldest turns are dropped to fit the model's window."""
-    import torch
-
+def build_prompt(
+    tokenizer: Any, conversation: Conversation, encoder_decoder: bool, new_tokens: int, window: int | None
+) -> tuple[list[int], list[str]]:
+    """The prompt's input ids and warnings; the oldest turns are dropped to fit the model's `window`."""
     if encoder_decoder:
         text = "  ".join((" " + t if role == "user" else t) for role, t in turns(conversation))
         ids = tokenizer(text)["input_ids"]
-        room = tokenizer.model_max_length
+        room = window
     elif tokenizer.chat_template:
         messages = [{"role": role, "content": t} for role, t in turns(conversation)]
         ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-        room = tokenizer.model_max_length - new_tokens
+        room = window - new_tokens if window is not None else None
     else:
         eos = tokenizer.eos_token or ""
         ids = tokenizer("".join(t + eos for _, t in turns(conversation)), add_special_tokens=False)["input_ids"]
-        room = tokenizer.model_max_length - new_tokens
+        room = window - new_tokens if window is not None else None
     warnings = []
-    if room > 0 and len(ids) > room:
+    if room is not None and room > 0 and len(ids) > room:
         warnings.append(f"Conversation history truncated: kept its last {room} of {len(ids)} tokens")
         ids = ids[-room:]
-    return torch.tensor([ids]), warnings
+    return ids, warnings

@@ -1,18 +1,21 @@
-"""What the generation tasks share: sampling parameters, seeding, and the transformers pipeline around the model.
+"""What the generation tasks share: sampling parameters, the settings and the decoding loop, the tokenizer.
 
-Generation runs through the transformers pipeline of the task, built around optimum's ONNX Runtime model
-(whose `generate` feeds past key/values back, one new token per step) or around the PyTorch model: the
-pipeline is the contract's oracle, and `generate` is where sampling, repetition penalty, stop strings and
-`max_time` are implemented and tested upstream.
+On ONNX Runtime, generation is localinfer's own loop (`localinfer.decoding`) over the exported decoder graphs
+(`localinfer.decoding.models`): no torch, no optimum at query time. The request's parameters become the
+`generate` arguments that the transformers pipeline of the task would receive, and `resolve_settings` applies
+them over the model's generation config as the pipeline and `generate` do. On the PyTorch route (the reference)
+the task's transformers pipeline runs around the PyTorch model, with torch's random state seeded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from ..errors import BadRequestError
@@ -101,3 +104,69 @@ def run_pipeline(pipe: Any, inputs: Any, seed: int | None, **kwargs: Any) -> Any
             return pipe(inputs, **kwargs)
         except ValueError as exc:
             raise BadRequestError(f"parameters: {exc}") from None
+
+
+def generation_tokenizer(model: LoadedModel) -> Any:
+    """The model's transformers tokenizer (no torch needed), loaded once per model."""
+    if "generation-tokenizer" not in model.state:
+        from transformers import AutoTokenizer
+
+        model.state["generation-tokenizer"] = AutoTokenizer.from_pretrained(model.files)
+    return model.state["generation-tokenizer"]
+
+
+def window(model: LoadedModel, tokenizer: Any) -> int | None:
+    """The model's window in tokens: the tokenizer's `model_max_length`, else the config's positions."""
+    if tokenizer.model_max_length < 1e29:  # transformers' VERY_LARGE_INTEGER when the tokenizer has none
+        return int(tokenizer.model_max_length)
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_source_positions", "n_ctx"):
+        if isinstance(config.get(name), int):
+            return config[name]
+    return None
+
+
+def settings_for(model: LoadedModel, request: Mapping[str, Any], task: str, seed: int | None) -> Any:
+    """The generation settings for `request` (the pipeline's `generate` arguments) on `model`, seeded."""
+    from ..decoding.settings import resolve_settings
+
+    try:
+        settings = resolve_settings(dict(request), model.folder, task=task)
+    except ValueError as exc:
+        raise BadRequestError(f"parameters: {exc}") from None
+    return dataclasses.replace(settings, seed=seed) if seed is not None else settings
+
+
+def generate_ids(
+    model: LoadedModel,
+    prompt: Sequence[int],
+    settings: Any,
+    *,
+    encoder_feeds: Mapping[str, np.ndarray] | None = None,
+    stop: Callable[[list[int]], bool] | None = None,
+) -> list[list[int]]:
+    """The decoding loop's sequences for one prompt: a causal model's prompt ids, or an encoder-decoder's
+    encoder inputs (`encoder_feeds`, the decoder starting from its start token)."""
+    from ..decoding import generate
+    from ..decoding.models import step_model
+
+    step = step_model(model.runner.sessions, model.config, encoder_feeds)
+    try:
+        return generate(step, [] if encoder_feeds is not None else prompt, settings, stop=stop)
+    except ValueError as exc:
+        raise BadRequestError(f"parameters: {exc}") from None
+
+
+def stop_strings(tokenizer: Any, stops: Sequence[str] | str | None) -> Callable[[list[int]], bool] | None:
+    """A `stop` callback: True once the new tokens' text holds one of `stops` overlapping the last token, the rule
+    of transformers' `StopStringCriteria` (generation/stopping_criteria.py), matched on decoded text."""
+    if not stops:
+        return None
+    stops = [stops] if isinstance(stops, str) else list(stops)
+
+    def stop(new: list[int]) -> bool:
+        text = tokenizer.decode(new, clean_up_tokenization_spaces=False)
+        before = len(tokenizer.decode(new[:-1], clean_up_tokenization_spaces=False))
+        return any(text.find(s, max(0, before - len(s) + 1)) != -1 for s in stops if s)
+
+    return stop

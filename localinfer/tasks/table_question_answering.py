@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..decoding.models import ENCODER_DECODER_FILES
 from ..errors import BadRequestError, InferenceError
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
@@ -55,7 +56,7 @@ class TableQuestionAnswering(Task):
     def export_kind(self, folder: Path) -> ExportKind:
         if _is_tapas(folder):
             return ExportKind("table-question-answering", exporter="tapas")
-        return ExportKind("text2text-generation-with-past", ort_class="ORTModelForSeq2SeqLM")
+        return ExportKind("text2text-generation-with-past", sessions=ENCODER_DECODER_FILES)
 
     def run(self, model: LoadedModel, inputs: Any, parameters: TableQuestionAnsweringParameters) -> Any:
         items = inputs if isinstance(inputs, list) else [inputs]
@@ -163,19 +164,26 @@ def _pandas() -> Any:
 
 
 def _tapex(model: LoadedModel, item: TableQuery, parameters: TableQuestionAnsweringParameters) -> dict:
-    import pandas as pd
-    import torch
-
+    pd = _pandas()
     tokenizer = _tokenizer(model)
     table = pd.DataFrame(item.table)
     truncation = "do_not_truncate" if parameters.truncation is None else parameters.truncation
     encoded = tokenizer(
-        table=table, query=item.query, truncation=truncation, padding=parameters.padding, return_tensors="pt"
+        table=table, query=item.query, truncation=truncation, padding=parameters.padding, return_tensors="np"
     )
-    generator = model.runner.model
-    with torch.inference_mode():
-        output = generator.generate(**encoded, generation_config=_generation_config(model))
-    answer = tokenizer.batch_decode(output, skip_special_tokens=True)[0]
+    if model.runner.backend == "torch":  # the reference route: the PyTorch model's `generate`
+        import torch
+
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v) for k, v in encoded.items()}
+            output = model.runner.model.generate(**tensors, generation_config=_generation_config(model)).tolist()
+    else:  # localinfer's decoding loop, with the table-question-answering pipeline's settings
+        from .generation import generate_ids, settings_for
+
+        output = generate_ids(
+            model, [], settings_for(model, {}, "table-question-answering", None), encoder_feeds=encoded
+        )
+    answer = tokenizer.decode(output[0], skip_special_tokens=True)
     # TAPEX names no cells: the cells are those whose text is the answer, or one of its comma-separated parts.
     wanted = {answer.strip().lower(), *(part.strip().lower() for part in answer.split(","))} - {""}
     coordinates = [
@@ -194,7 +202,8 @@ def _tapex(model: LoadedModel, item: TableQuery, parameters: TableQuestionAnswer
 
 
 def _generation_config(model: LoadedModel) -> Any:
-    """The table-question-answering pipeline's: the model's settings over its default of 256 new tokens."""
+    """The table-question-answering pipeline's: the model's settings over its default of 256 new tokens (the
+    PyTorch route; on ONNX Runtime `localinfer.decoding.settings` resolves the same)."""
     if "generation-config" not in model.state:
         from transformers import GenerationConfig
 

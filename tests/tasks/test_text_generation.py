@@ -68,26 +68,45 @@ def test_temperature_zero_means_greedy(engine, oracle):
     assert answer == expected
 
 
-@pytest.mark.parametrize(
-    "parameters",
-    [
-        {"seed": 7, "max_new_tokens": 6},
-        {"seed": 3, "max_new_tokens": 6, "top_k": 20, "top_p": 0.9, "temperature": 0.5, "num_return_sequences": 3},
-        {"seed": 5, "max_new_tokens": 6, "repetition_penalty": 1.5, "temperature": 0.5},
-    ],
-)
-def test_seeded_sampling_equals_pytorch_with_the_same_seed(engine, oracle, parameters):
+SAMPLED = [
+    {"seed": 7, "max_new_tokens": 6},
+    {"seed": 3, "max_new_tokens": 6, "top_k": 20, "top_p": 0.9, "temperature": 0.5, "num_return_sequences": 3},
+    {"seed": 5, "max_new_tokens": 6, "repetition_penalty": 1.5, "temperature": 0.5},
+]
+
+
+@pytest.mark.parametrize("parameters", SAMPLED)
+def test_seeded_sampling_is_reproducible_and_seeds_differ(engine, parameters):
+    """Sampling draws with numpy's generator: a seed gives the same answer again, another seed another answer (it
+    cannot be bit-equal to torch's generator; the draws' distribution is tested in tests/decoding)."""
+
+    def ask(changes):
+        payload = {"inputs": PROMPTS[1], "parameters": {**parameters, **changes}, "options": {"use_cache": False}}
+        return engine.query("tiny/gpt2", payload)
+
+    answer = ask({})
+    assert ask({}) == answer and len(answer) == parameters.get("num_return_sequences", 1)
+    assert ask({"seed": parameters["seed"] + 1}) != answer
+    assert all(
+        a["generated_text"].startswith(PROMPTS[1]) and len(a["generated_text"]) > len(PROMPTS[1]) for a in answer
+    )
+
+
+@pytest.mark.parametrize("changes", [{}, {"repetition_penalty": 1.5, "temperature": 0.5}])
+def test_sampling_from_the_top_token_is_the_pipelines_greedy_answer(engine, oracle, changes):
+    """top_k 1 leaves one token to draw: the sampling path (its processors, warpers and draw) must then answer
+    what the pipeline answers greedily with the same penalties."""
+    parameters = {"do_sample": False, "max_new_tokens": 6, **changes}
     expected = assert_informative(
-        lambda prompt, kwargs: _answer(oracle)(prompt, {**kwargs, "do_sample": True}),
+        _answer(oracle),
         PROMPTS[1],
         parameters,
         other_inputs=PROMPTS[2],
-        changes={"seed": parameters["seed"] + 1, **DEFAULT_LENGTH},
+        changes=DEFAULT_LENGTH,
+        fixed=("do_sample", "temperature"),
     )
-    answer = engine.query(
-        "tiny/gpt2", {"inputs": PROMPTS[1], "parameters": parameters, "options": {"use_cache": False}}
-    )
-    assert answer == expected and len(answer) == parameters.get("num_return_sequences", 1)
+    sampled = {**parameters, "do_sample": True, "top_k": 1, "seed": 1}
+    assert engine.query("tiny/gpt2", {"inputs": PROMPTS[1], "parameters": sampled}) == expected
 
 
 def test_without_seed_the_cache_answers_and_use_cache_false_samples_anew(engine):
@@ -132,14 +151,17 @@ def test_max_time_stops_a_long_generation_near_the_limit(engine):
         {"inputs": "Today is", "parameters": {**parameters, "max_time": limit}, "options": {"use_cache": False}},
     )[0]["generated_text"]
     elapsed = time.perf_counter() - started
-    assert len(cut) < len(full) and full.startswith(cut)
+    # a cut inside a multi-byte character (byte-level BPE) decodes its bytes to U+FFFD
+    assert len(cut) < len(full) and full.startswith(cut.rstrip("\ufffd"))
     assert elapsed < limit + 0.25, (elapsed, limit, full_seconds)
 
 
 def test_the_onnx_route_reuses_past_key_values(engine):
+    """The export's graph takes past key/values, which the step model keeps between steps
+    (tests/test_decoding_models.py checks each step's logits against PyTorch's)."""
     model = engine.preload("tiny/gpt2")
-    assert model.runner.backend == "onnx" and model.runner.model.use_cache
-    inputs = [i.name for i in model.runner.model.session.get_inputs()]
+    assert model.runner.backend == "onnx"
+    inputs = [i.name for i in model.runner.sessions["model.onnx"].get_inputs()]
     assert any(name.startswith("past_key_values") for name in inputs), inputs
 
 
@@ -184,3 +206,86 @@ def test_bad_parameters_are_400_naming_them(engine, parameters, field):
     with pytest.raises(BadRequestError) as info:
         engine.query("tiny/gpt2", {"inputs": "hi", "parameters": parameters})
     assert field in info.value.body["error"]
+
+
+# -- streaming -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "parameters"),
+    [
+        (PROMPTS[0], {"do_sample": False, "max_new_tokens": 12}),
+        ("Zürich ☕ and crème brûlée 😀", {"do_sample": False, "max_new_tokens": 12}),
+        (PROMPTS[1], {"seed": 3, "temperature": 1.5, "max_new_tokens": 20}),
+        (PROMPTS[2], {"do_sample": False, "max_new_tokens": 12, "stop": ["e"]}),
+    ],
+)
+def test_stream_pieces_join_to_the_answers_new_text(engine, prompt, parameters):
+    import localinfer
+
+    expected = engine.query("tiny/gpt2", {"inputs": prompt, "parameters": {**parameters, "return_full_text": False}})
+    pieces = list(engine.stream("tiny/gpt2", {"inputs": prompt, "parameters": parameters}))
+    assert "".join(pieces) == expected[0]["generated_text"] and len(pieces) > 1
+    assert localinfer.stream is not None
+
+
+def test_stream_holds_back_an_incomplete_utf8_character(engine):
+    """Byte-level BPE splits a multi-byte character into byte tokens: a piece never ends inside one."""
+    from transformers import AutoTokenizer
+
+    from localinfer.tasks.text_generation import text_pieces
+
+    tokenizer = AutoTokenizer.from_pretrained(engine.preload("tiny/gpt2").files)
+    prompt = tokenizer("Paris is")["input_ids"]
+    text = " crème brûlée 😀 at Zürich, isn't it ?"
+    tokens = tokenizer(text)["input_ids"]
+    assert any("\ufffd" in tokenizer.decode(tokens[:i]) for i in range(len(tokens)))  # the bytes do split
+    pieces = list(text_pieces(tokenizer, prompt, iter(tokens)))
+    assert "".join(pieces) == tokenizer.decode(prompt + tokens, clean_up_tokenization_spaces=True)[len("Paris is") :]
+    assert not any("\ufffd" in piece for piece in pieces) and len(pieces) > 3
+
+
+def test_stream_holds_back_a_space_that_the_clean_up_removes(engine):
+    """A lone space token followed by "." decodes to "." once cleaned up: the space is never sent."""
+    from transformers import AutoTokenizer
+
+    from localinfer.tasks.text_generation import text_pieces
+
+    tokenizer = AutoTokenizer.from_pretrained(engine.preload("tiny/gpt2").files)
+    prompt = tokenizer("Paris is")["input_ids"]
+    tokens = (
+        tokenizer(" big")["input_ids"] + tokenizer.convert_tokens_to_ids(["Ġ", "."]) + tokenizer(" ok")["input_ids"]
+    )
+    expected = tokenizer.decode(prompt + tokens, clean_up_tokenization_spaces=True)[len("Paris is") :]
+    assert " ." not in expected and "." in expected
+    assert "".join(text_pieces(tokenizer, prompt, iter(tokens))) == expected
+
+
+def test_stream_refuses_what_it_cannot_stream(engine):
+    with pytest.raises(BadRequestError, match="num_return_sequences"):
+        engine.stream("tiny/gpt2", {"inputs": "hi", "parameters": {"num_return_sequences": 2}})
+    with pytest.raises(BadRequestError, match="one prompt"):
+        engine.stream("tiny/gpt2", {"inputs": ["hi", "you"]})
+    with pytest.raises(BadRequestError, match="text-generation"):
+        engine.stream("tiny/bart", {"inputs": "hi"}, task="summarization")
+
+
+@pytest.mark.parametrize("stops", [["stop"], ["tower", "e P"], [" is the"]])
+def test_stop_strings_stop_where_transformers_stop_string_criteria_stops(oracle, stops):
+    """After every token of a few texts, the `stop` callback agrees with transformers' StopStringCriteria: a stop
+    string that overlaps the last token (overhangs included) stops, one wholly before it does not."""
+    import torch
+    from transformers import StopStringCriteria
+
+    from localinfer.tasks.generation import stop_strings
+
+    criteria = StopStringCriteria(oracle.tokenizer, stops)
+    stop = stop_strings(oracle.tokenizer, stops)
+    verdicts = []
+    for text in ["Paris is the capital of France, nonstopper", "The tower stops. Paris is the tower", "unstoppable"]:
+        ids = oracle.tokenizer(text)["input_ids"]
+        for end in range(1, len(ids) + 1):
+            expected = bool(criteria(torch.tensor([ids[:end]]), None)[0])
+            assert stop(ids[:end]) == expected, (text, oracle.tokenizer.convert_ids_to_tokens(ids[:end]))
+            verdicts.append(expected)
+    assert any(verdicts) and not all(verdicts)
