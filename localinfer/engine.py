@@ -152,8 +152,11 @@ class LocalInference:
         stream = getattr(handler, "stream", None)
         if stream is None:
             raise BadRequestError(f"streaming answers text-generation, not {handler.name}")
-        request = parse_payload(payload, media=False)
-        inputs, parameters = handler.validate(request.inputs, request.parameters)
+        with applied(self.limits):
+            request = parse_payload(payload, media=False)
+            check_structure(request.inputs, "inputs", self.limits)
+            check_structure(request.parameters, "parameters", self.limits)
+            inputs, parameters = handler.validate(request.inputs, request.parameters)
         if not isinstance(inputs, str):
             raise BadRequestError("inputs: streaming answers one prompt (a string)")
         model = self._loaded(spec, handler, kind, wait=True)

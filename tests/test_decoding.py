@@ -743,3 +743,20 @@ def test_sampling_on_a_gpt2_sized_vocabulary(warpers):
     kept = expected > 0
     assert counts[~kept].sum() == 0
     assert (((counts - expected) ** 2)[kept] / expected[kept]).sum() < 30, (counts, expected)
+
+
+def test_beam_sampling_draws_the_possible_tokens_first():
+    """Fewer non-zero probabilities than beams to draw (a forced token): those come first, then impossible ones,
+    as torch.multinomial draws them (numpy's choice alone refuses)."""
+    from localinfer.decoding.search import _draw_without_replacement
+
+    scores = np.full(10, -np.inf, dtype=np.float32)
+    scores[[3, 7]] = [0.0, 1.0]
+    seen_first = set()
+    for seed in range(20):
+        drawn = _draw_without_replacement(np.random.default_rng(seed), scores, 4)
+        assert sorted(drawn[:2]) == [3, 7] and len(set(drawn)) == 4 and not set(drawn[2:]) & {3, 7}
+        seen_first.add(int(drawn[0]))
+    assert seen_first == {3, 7}  # drawn, not sorted
+    full = _draw_without_replacement(np.random.default_rng(0), np.zeros(10, dtype=np.float32), 4)
+    assert len(set(full)) == 4

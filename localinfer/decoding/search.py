@@ -329,8 +329,7 @@ def _beam_search(
 
         # `_get_top_k_continuations`
         if rng is not None:
-            probs = softmax(accumulated.astype(np.float64))
-            top = rng.choice(accumulated.size, size=keep, replace=False, p=probs / probs.sum())
+            top = _draw_without_replacement(rng, accumulated, keep)
         else:
             top = _top(accumulated, keep)
         top_scores = accumulated[top]
@@ -379,3 +378,18 @@ def _beam_search(
 
     count = settings.num_return_sequences
     return [finished[i, : finished_lengths[i]].tolist() for i in range(count)]
+
+
+def _draw_without_replacement(rng: np.random.Generator, scores: np.ndarray, count: int) -> np.ndarray:
+    """`count` indices drawn without replacement with probabilities softmax(`scores`), as `torch.multinomial` does
+    for beam sampling: when fewer than `count` have a non-zero probability (a forced token masks the rest), all of
+    those come first (in the order drawn), then zero-probability indices fill the rest (lowest first: torch's
+    choice among them is arbitrary, and they only ever end a beam's hypotheses with -inf scores)."""
+    probs = softmax(scores.astype(np.float64))
+    possible = np.flatnonzero(probs > 0)
+    weights = probs[possible] / probs[possible].sum()
+    drawn = rng.choice(possible, size=min(count, possible.size), replace=False, p=weights)
+    if drawn.size == count:
+        return drawn
+    fill = np.setdiff1d(np.arange(scores.size), possible, assume_unique=True)[: count - drawn.size]
+    return np.concatenate([drawn, fill])

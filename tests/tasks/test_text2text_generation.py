@@ -88,11 +88,6 @@ def test_summarization_equals_the_pipeline(engine, tiny, name, lengths):
     assert one == [expected[1]] and set(one[0]) == {"summary_text"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decoding.search beam sampling draws with rng.choice(replace=False), which refuses fewer non-zero "
-    "probabilities than 2 * num_beams (BART's forced_bos step); torch.multinomial draws them (reported to dcore)",
-)
 def test_summarization_seeded_sampling_is_reproducible(engine):
     parameters = {"seed": 4, "do_sample": True, "temperature": 2.0, "max_length": 10}
     answer = _reproducible(engine, "bart", TEXTS[1], parameters)
