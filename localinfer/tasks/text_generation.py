@@ -117,6 +117,12 @@ class TextGeneration(Task):
                     " the models max length"
                 )
             ids = ids[-keep:]
+        if not ids:  # as `generate` given no input ids: it starts from the model's bos token
+            bos = getattr(settings, "bos_token_id", None)
+            bos = model.config.get("bos_token_id") if bos is None else bos
+            if not isinstance(bos, int):
+                raise BadRequestError("inputs: an empty prompt needs a model with a bos_token_id to start from")
+            ids = [bos]
         return ids
 
     @staticmethod

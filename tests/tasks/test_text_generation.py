@@ -61,6 +61,17 @@ def test_greedy_equals_the_pipeline(engine, oracle, return_full_text):
     assert engine.query("tiny/gpt2", {"inputs": PROMPTS[0], "parameters": parameters}) == expected[0]
 
 
+def test_empty_prompt_starts_from_bos_as_the_pipeline(engine, oracle):
+    """An empty prompt: the pipeline hands `generate` no input ids, which starts from the bos token."""
+    parameters = {"do_sample": False, "max_new_tokens": 6}
+    expected = assert_informative(
+        _answer(oracle), "", parameters, other_inputs=PROMPTS[0], changes=DEFAULT_LENGTH, fixed=("do_sample",)
+    )
+    assert engine.query("tiny/gpt2", {"inputs": "", "parameters": parameters}) == expected
+    streamed = engine.stream("tiny/gpt2", {"inputs": "", "parameters": parameters})
+    assert "".join(streamed) == expected[0]["generated_text"]
+
+
 def test_temperature_zero_means_greedy(engine, oracle):
     expected = oracle(PROMPTS[0], do_sample=False, max_new_tokens=8)
     assert _sampled(oracle, PROMPTS[0], 0, do_sample=True, max_new_tokens=8) != expected  # sampling would differ
