@@ -11,13 +11,14 @@ position after the prompt: the loop's processors do both, at `len(prompt)`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from localinfer.decoding.search import GenerationSettings
+from localinfer.decoding.models import step_model
+from localinfer.decoding.search import GenerationSettings, generate
 from localinfer.decoding.settings import (
     model_generation_config,
     pipeline_generation_config,
@@ -137,3 +138,28 @@ def detect_language(logits: np.ndarray, language_ids: tuple[int, ...]) -> int:
     ids = np.asarray(language_ids, dtype=np.int64)
     masked[ids] = logits[ids]
     return int(np.argmax(masked))
+
+
+def decoder_prompt(
+    sessions: Mapping[str, object], config: Mapping[str, object], plan: WhisperPlan, features: Mapping[str, np.ndarray]
+) -> list[int]:
+    """The decoder prompt for one window: the plan's, its language detected from the features when left open."""
+
+    def detect(start: int, languages: tuple[int, ...]) -> int:
+        logits = step_model(sessions, config, features).step(np.array([[start]], dtype=np.int64))
+        return detect_language(logits[0], languages)
+
+    return plan.prompt_for(detect)
+
+
+def transcribe_window(
+    sessions: Mapping[str, object], config: Mapping[str, object], plan: WhisperPlan, features: Mapping[str, np.ndarray]
+) -> list[int]:
+    """The tokens `generate` answers for one window of features, over the export's opened sessions
+    (`encoder_model.onnx`, `decoder_model_merged.onnx`): the new tokens, without the decoder prompt and without a
+    final end-of-text (`_postprocess_outputs` and `generate_with_fallback` cut both)."""
+    prompt = decoder_prompt(sessions, config, plan, features)
+    tokens = generate(step_model(sessions, config, features), prompt, plan.settings)[0][len(prompt) :]
+    if tokens and tokens[-1] in (plan.settings.eos_token_id or ()):
+        tokens = tokens[:-1]
+    return tokens

@@ -165,25 +165,12 @@ def _whisper(model: LoadedModel, data: bytes, parameters: SpeechRecognitionParam
 
 def _whisper_tokens(model: LoadedModel, features: dict[str, np.ndarray]) -> list[int]:
     """The tokens `generate` answers for one window (the decoder prompt first)."""
-    from ..decoding import generate
-    from ..decoding.models import step_model
-    from ..decoding.whisper import detect_language, whisper_plan
+    from ..decoding.whisper import transcribe_window, whisper_plan
 
-    if "whisper-plan" not in model.state:
-        try:
-            model.state["whisper-plan"] = whisper_plan(model.folder)
-        except ValueError as exc:
-            raise BadRequestError(f"parameters: {exc}") from None
-    plan = model.state["whisper-plan"]
-
-    def detect(start: int, languages: tuple[int, ...]) -> int:
-        logits = step_model(model.runner.sessions, model.config, features).step(np.array([[start]]))
-        return detect_language(logits[0], languages)
-
-    prompt = plan.prompt_for(detect)
-    step = step_model(model.runner.sessions, model.config, features)
     try:
-        return generate(step, prompt, plan.settings)[0]
+        if "whisper-plan" not in model.state:
+            model.state["whisper-plan"] = whisper_plan(model.folder)
+        return transcribe_window(model.runner.sessions, model.config, model.state["whisper-plan"], features)
     except ValueError as exc:
         raise BadRequestError(f"parameters: {exc}") from None
 
