@@ -3,9 +3,10 @@ the automatic-speech-recognition pipeline's call on one window of at most 30 s (
 
 Ported from transformers/models/whisper/generation_whisper.py (4.57): `_retrieve_init_tokens` (decoder start,
 language, task, `<|notimestamps|>`; the language detected as `detect_language` does when the config leaves it open),
-`_set_max_new_tokens_and_length`, `generate_with_fallback` (no temperature given: greedy or beam search, never
-sampling), and `_retrieve_logit_processors` (`suppress_tokens` always, `begin_suppress_tokens` at the first generated
-position after the prompt: the loop's processors do both, at `len(prompt)`).
+`_set_max_new_tokens_and_length`, `generate_with_fallback` (no temperature given: greedy or beam search, unless the
+model's generation config asks for sampling), and `_retrieve_logit_processors` (`suppress_tokens` always,
+`begin_suppress_tokens` at the first generated position after the prompt: the loop's processors do both, at
+`len(prompt)`). The pipeline merges the windows' tokens and decodes them with the tokenizer's `_decode_asr`.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def whisper_plan(folder: Path) -> WhisperPlan:
     config, _ = prepare_generation_config(pipeline_config, model_gc, None)
     if getattr(config, "return_timestamps", False):
         raise ValueError("return_timestamps (in the model's generation config) is not supported")
-    # `generate_with_fallback` with no temperature: do_sample False, temperature 1.0.
+    # `generate_with_fallback` with no temperature: do_sample False, temperature 1.0; then `GenerationMixin.generate`
+    # prepares that config again, so the model's own do_sample and temperature (when not the defaults) come back.
     config.do_sample = False
     config.temperature = 1.0
+    config, _ = prepare_generation_config(config, model_gc, None)
     prompt, language_ids = _init_tokens(config, config_dict)
     # `_set_max_new_tokens_and_length` (its `max_length` branch computes a value it never stores: nothing to port)
     max_target = config_dict.get("max_target_positions", 448)

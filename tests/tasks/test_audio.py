@@ -335,3 +335,56 @@ def test_whisper_multilingual_prompts_equal_generate(engine, tiny, tmp_path, gen
     expected, ours = _whisper_tokens_both_ways(engine, tiny, folder, FLAC, 1)
     assert ours == expected
     assert len(expected[0]) > 4 and expected[0][1] in values["lang_to_id"].values()
+
+
+@pytest.mark.parametrize("num_beams", [1, None])
+@pytest.mark.parametrize("variant", ["begin_suppress_tokens", "eos_token_id"])
+def test_whisper_generation_config_variants_equal_generate(engine, tiny, tmp_path, variant, num_beams):
+    """Generation configs that change the fixture's tokens: begin_suppress_tokens banning the token decoding starts
+    with (at the first new token), an eos_token_id the transcript reaches (generation stops there, and `generate`
+    cuts the final eos)."""
+    (plain,), _ = _whisper_tokens_both_ways(engine, tiny, tiny["whisper"], FLAC, num_beams)
+    new = plain[2:]  # after <|startoftranscript|> <|notimestamps|>
+    generation = {"begin_suppress_tokens": [0, new[0]], "eos_token_id": new[len(new) // 2]}[variant]
+    folder = _whisper_variant(tiny, tmp_path, {variant: generation})
+    expected, ours = _whisper_tokens_both_ways(engine, tiny, folder, FLAC, num_beams)
+    assert ours == expected
+    assert expected != [plain]
+
+
+def test_whisper_samples_when_its_generation_config_says_so(engine, tiny, tmp_path):
+    """`generate_with_fallback` turns sampling off, but `generate` then restores the model's do_sample and temperature
+    (its generation config's values win over the defaults): the pipeline samples, and so does localinfer (with
+    numpy's generator: not the same draws as torch's). At temperature 5 a draw is never the greedy transcript."""
+    (greedy,), _ = _whisper_tokens_both_ways(engine, tiny, tiny["whisper"], FLAC, 1)
+    folder = _whisper_variant(tiny, tmp_path, {"do_sample": True, "temperature": 5.0})
+    expected, ours = _whisper_tokens_both_ways(engine, tiny, folder, FLAC, 1)
+    assert expected != [greedy] and ours != [greedy]
+    assert ours[0][:2] == expected[0][:2] and len(ours[0]) == len(expected[0])  # the same prompt and max_length
+
+
+def test_whisper_detects_the_language(engine, tiny, tmp_path):
+    """Language detection (`detect_language`) picks the model's favourite language token after the decoder start:
+    here the second of two, so a detection that took the first would answer otherwise."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny["whisper"])
+    values = _multilingual(tiny)
+    features = torch.tensor(_whisper_features(tiny, FLAC)["input_features"])
+    with torch.no_grad():
+        start = torch.tensor([[model.generation_config.decoder_start_token_id]])
+        logits = model(input_features=features, decoder_input_ids=start).logits[0, -1]
+    order = torch.argsort(logits, descending=True).tolist()
+    languages = {"<|en|>": order[-1], "<|de|>": order[0]}
+    folder = _whisper_variant(tiny, tmp_path, {**values, "lang_to_id": languages})
+    expected, ours = _whisper_tokens_both_ways(engine, tiny, folder, FLAC, 1)
+    assert ours == expected
+    assert expected[0][1] == order[0]
+
+
+def _whisper_features(tiny, data: bytes) -> dict:
+    from transformers import AutoFeatureExtractor
+
+    extractor = AutoFeatureExtractor.from_pretrained(tiny["whisper"])
+    return extractor(_decode(data, 16000), sampling_rate=16000, return_tensors="np", return_attention_mask=True)
