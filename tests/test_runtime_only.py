@@ -1,7 +1,7 @@
-"""The runtime without PyTorch: exported folders answer every task with the runtime alone (Whisper aside).
+"""The runtime without PyTorch: exported folders answer every task with the runtime alone.
 
 The README's set-up command makes `.venv-runtime`, a virtual environment with the runtime-only install
-(`pip install -e .`, no extras). Here the full install exports every fixture model but Whisper with
+(`pip install -e .`, no extras). Here the full install exports every fixture model with
 `localinfer export --out`, then a child interpreter answers every case of tests/fixtures/runtime_cases.py from
 those folders: in the runtime-only environment (where `import torch` fails) and in the full one (where torch is
 installed but the runtime path must not import it). Both answer exactly what the full install answers from the
@@ -67,8 +67,8 @@ def _answer_in_child(python: Path, shipped: dict[str, Path], tmp_path: Path, **e
 
 
 def test_every_task_has_cases():
-    """Every fixture model but Whisper (its generation still runs through the transformers pipeline)."""
-    assert set(runtime_cases.CASES) == set(TASKS) - {"gpt2-long", "whisper"}
+    """Every fixture model but gpt2-long."""
+    assert set(runtime_cases.CASES) == set(TASKS) - {"gpt2-long"}
 
 
 def test_shipped_folder_has_a_manifest_and_no_pytorch_weights(shipped, tiny):

@@ -2,7 +2,7 @@
 
 CTC models (wav2vec2) and audio classifiers run from one ONNX Runtime session (or the PyTorch model), with the
 model's feature extractor before it and the pipelines' post-processing ported to numpy after it. Whisper, an
-encoder-decoder, still runs through the transformers pipeline (its generation is not ported yet).
+encoder-decoder, runs its encoder and merged decoder on localinfer's decoding loop (localinfer/decoding/whisper.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from pydantic import Field
 
 from .. import limits
 from ..audio_chunks import chunk_iter, chunk_samples, rescale_stride, strip_stride
+from ..decoding.models import ENCODER_DECODER_FILES
 from ..errors import BadRequestError, PayloadTooLargeError
 from ..media import decode_audio
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .base import FunctionToApply, Parameters, Task, task_pipeline
+from .generation import generation_tokenizer
 from .text_classification import sigmoid, softmax
 
 
@@ -63,12 +65,12 @@ class AutomaticSpeechRecognition(Task):
     def export_kind(self, folder: Path) -> ExportKind:
         if _is_ctc(folder):
             return ExportKind("automatic-speech-recognition")
-        return ExportKind("automatic-speech-recognition-with-past", ort_class="ORTModelForSpeechSeq2Seq")
+        return ExportKind("automatic-speech-recognition-with-past", sessions=ENCODER_DECODER_FILES)
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: SpeechRecognitionParameters) -> dict:
-        if model.kind.ort_class is None:
-            return {"text": _ctc(model, inputs, parameters)}
-        return {"text": _whisper(model, inputs, parameters)}
+        if model.kind.sessions:
+            return {"text": _whisper(model, inputs, parameters)}
+        return {"text": _ctc(model, inputs, parameters)}
 
 
 def _chunking(
@@ -128,16 +130,49 @@ def _ctc_tokenizer(model: LoadedModel) -> Any:
 
 
 def _whisper(model: LoadedModel, data: bytes, parameters: SpeechRecognitionParameters) -> str:
-    """Whisper through the transformers pipeline around optimum's model (torch), chunked beyond its 30 s window."""
-    pipe = task_pipeline(model, "automatic-speech-recognition", "tokenizer", "feature_extractor")
-    rate = pipe.feature_extractor.sampling_rate
-    audio = {"raw": decode_audio(data, rate), "sampling_rate": rate}
+    """Whisper, chunked beyond its 30 s window as the pipeline is with chunk_length_s=30.
+
+    On ONNX Runtime, as `AutomaticSpeechRecognitionPipeline` (pipelines/automatic_speech_recognition.py) runs a
+    Whisper model, with localinfer's decoding loop in place of `generate` (localinfer/decoding/whisper.py): each
+    chunk's features from the model's `WhisperFeatureExtractor`, its tokens decoded from Whisper's prompt, and the
+    chunks' tokens merged and decoded by the tokenizer's `_decode_asr` (tokenization_whisper.py, no torch), as the
+    pipeline's `postprocess` does. On the PyTorch route, the transformers pipeline itself.
+    """
+    extractor, _ = _preprocessors(model)
+    rate = extractor.sampling_rate
+    samples = decode_audio(data, rate)
     _chunking(parameters, rate, 1)  # the pipeline aligns Whisper's chunks to single samples
-    kwargs = parameters.model_dump(exclude_none=True)
-    window = getattr(pipe.feature_extractor, "chunk_length", None)  # Whisper's 30 s
-    if window and "chunk_length_s" not in kwargs and len(audio["raw"]) > window * audio["sampling_rate"]:
-        kwargs["chunk_length_s"] = window
-    return pipe(audio, **kwargs)["text"]
+    window = getattr(extractor, "chunk_length", None)  # Whisper's 30 s
+    if window and parameters.chunk_length_s is None and samples.size > window * rate:
+        parameters = parameters.model_copy(update={"chunk_length_s": float(window)})
+    if model.runner.backend == "torch":  # the reference route: the transformers pipeline
+        pipe = task_pipeline(model, "automatic-speech-recognition", "tokenizer", "feature_extractor")
+        audio = {"raw": samples, "sampling_rate": rate}
+        return pipe(audio, **parameters.model_dump(exclude_none=True))["text"]
+    chunking = _chunking(parameters, rate, 1)
+    outputs = []
+    if chunking is None:
+        outputs.append({"tokens": np.asarray([_whisper_tokens(model, _features(extractor, samples))])})
+    else:
+        for chunk in chunk_iter(samples, *chunking):
+            tokens = _whisper_tokens(model, _features(extractor, chunk.samples))
+            outputs.append({"tokens": np.asarray([tokens]), "stride": tuple(s / rate for s in chunk.stride)})
+    tokenizer = generation_tokenizer(model)
+    precision = extractor.chunk_length / model.config["max_source_positions"]
+    text, _ = tokenizer._decode_asr(outputs, return_timestamps=None, return_language=None, time_precision=precision)
+    return text
+
+
+def _whisper_tokens(model: LoadedModel, features: dict[str, np.ndarray]) -> list[int]:
+    """The tokens `generate` answers for one window (the decoder prompt first)."""
+    from ..decoding.whisper import transcribe_window, whisper_plan
+
+    try:
+        if "whisper-plan" not in model.state:
+            model.state["whisper-plan"] = whisper_plan(model.folder)
+        return transcribe_window(model.runner.sessions, model.config, model.state["whisper-plan"], features)
+    except ValueError as exc:
+        raise BadRequestError(f"parameters: {exc}") from None
 
 
 class ClassificationParameters(Parameters):

@@ -226,3 +226,165 @@ def test_bad_parameters_are_400(engine, model, parameters, field):
     with pytest.raises(BadRequestError) as info:
         engine.query(f"tiny/{model}", _payload(FLAC, parameters))
     assert field in info.value.body["error"]
+
+
+def _whisper_variant(tiny, tmp_path, generation: dict) -> Path:
+    """A copy of the tiny Whisper's configs with `generation` over its generation config (the weights are not
+    needed: the decoder prompt and the settings come from the configs)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "whisper-variant"
+    folder.mkdir()
+    shutil.copy(tiny["whisper"] / "config.json", folder)
+    values = json.loads((tiny["whisper"] / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**values, **generation}))
+    return folder
+
+
+def _whisper_tokens_both_ways(engine, tiny, folder: Path, data: bytes, num_beams: int | None):
+    """(generate's tokens, the decoding loop's) for one window, as the pipeline calls `generate`: its generation
+    config (num_beams 5 by default, the model's max_length), the features of the model's extractor. `generate`
+    answers the new tokens only: each answer is preceded by its decoder prompt (transformers'
+    `_retrieve_init_tokens`, localinfer's `decoder_prompt`)."""
+    import copy
+    import dataclasses
+
+    import torch
+    from transformers import AutoFeatureExtractor, GenerationConfig, WhisperForConditionalGeneration, pipeline
+
+    from localinfer.decoding.whisper import decoder_prompt, transcribe_window, whisper_plan
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny["whisper"])
+    model.generation_config = GenerationConfig.from_pretrained(folder)
+    extractor = AutoFeatureExtractor.from_pretrained(tiny["whisper"])
+    pipe = pipeline(
+        "automatic-speech-recognition", model=model, tokenizer=str(tiny["whisper"]), feature_extractor=extractor
+    )
+    features = extractor(_decode(data, 16000), sampling_rate=16000, return_tensors="np", return_attention_mask=True)
+    extra = {} if num_beams is None else {"num_beams": num_beams}
+    with torch.no_grad():
+        expected = model.generate(
+            torch.tensor(features["input_features"]),
+            attention_mask=torch.tensor(features["attention_mask"]),
+            generation_config=pipe.generation_config,
+            **extra,
+        ).tolist()
+        config = copy.deepcopy(pipe.generation_config)
+        config.return_timestamps = False  # as `generate` sets it (`_set_return_timestamps`)
+        expected_prompt = model._retrieve_init_tokens(
+            torch.tensor(features["input_features"]), 1, config, model.config, 3000, {}
+        ).tolist()
+    plan = whisper_plan(folder)
+    if num_beams is not None:
+        plan = dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, num_beams=num_beams))
+    loaded = engine.preload("tiny/whisper")
+    sessions, config = loaded.runner.sessions, loaded.config
+    ours = [
+        decoder_prompt(sessions, config, plan, dict(features))
+        + transcribe_window(sessions, config, plan, dict(features))
+    ]
+    return [expected_prompt[0] + expected[0]], ours
+
+
+@pytest.mark.parametrize("num_beams", [1, None])  # greedy; the pipeline's default (5 beams)
+def test_whisper_tokens_equal_generate(engine, tiny, num_beams):
+    """Token-identical with `WhisperForConditionalGeneration.generate` on the fixture (English-only: start and
+    <|notimestamps|>, suppress_tokens, <|endoftext|> suppressed at the first new token), for two clips."""
+    answers = []
+    for data in (FLAC, FIRST_HALF):
+        expected, ours = _whisper_tokens_both_ways(engine, tiny, tiny["whisper"], data, num_beams)
+        assert ours == expected
+        answers.append(expected)
+    assert answers[0] != answers[1]
+
+
+def _multilingual(tiny) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["whisper"])
+    ids = tok.convert_tokens_to_ids
+    # Two "languages" (the fixture's vocabulary has one language token: <|startoflm|> stands in for the other).
+    return {
+        "is_multilingual": True,
+        "lang_to_id": {"<|en|>": ids("<|en|>"), "<|de|>": ids("<|startoflm|>")},
+        "task_to_id": {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+        "forced_decoder_ids": [[1, None], [2, ids("<|transcribe|>")]],
+    }
+
+
+@pytest.mark.parametrize(
+    "generation",
+    [
+        {},  # forced_decoder_ids [[1, None], [2, transcribe]]: the language detected, as whisper-tiny's config asks
+        {"language": "german", "task": "translate"},
+        {"language": "en"},  # transcribe added
+        {"forced_decoder_ids": [[1, "EN"], [2, "TRANSLATE"]], "lang_to_id": None},  # an old config: forced as is
+    ],
+)
+def test_whisper_multilingual_prompts_equal_generate(engine, tiny, tmp_path, generation):
+    """Multilingual generation configs (lang_to_id, task_to_id, forced_decoder_ids; language and task set or not):
+    the decoder prompt `_retrieve_init_tokens` builds, language detection included, and the tokens after it."""
+    values = _multilingual(tiny)
+    if "EN" in repr(generation):
+        generation = {
+            **generation,
+            "forced_decoder_ids": [[1, values["lang_to_id"]["<|en|>"]], [2, values["task_to_id"]["translate"]]],
+        }
+    folder = _whisper_variant(tiny, tmp_path, {**values, **generation})
+    expected, ours = _whisper_tokens_both_ways(engine, tiny, folder, FLAC, 1)
+    assert ours == expected
+    assert len(expected[0]) > 4 and expected[0][1] in values["lang_to_id"].values()
+
+
+@pytest.mark.parametrize("num_beams", [1, None])
+@pytest.mark.parametrize("variant", ["begin_suppress_tokens", "eos_token_id"])
+def test_whisper_generation_config_variants_equal_generate(engine, tiny, tmp_path, variant, num_beams):
+    """Generation configs that change the fixture's tokens: begin_suppress_tokens banning the token decoding starts
+    with (at the first new token), an eos_token_id the transcript reaches (generation stops there, and `generate`
+    cuts the final eos)."""
+    (plain,), _ = _whisper_tokens_both_ways(engine, tiny, tiny["whisper"], FLAC, num_beams)
+    new = plain[2:]  # after <|startoftranscript|> <|notimestamps|>
+    generation = {"begin_suppress_tokens": [0, new[0]], "eos_token_id": new[len(new) // 2]}[variant]
+    folder = _whisper_variant(tiny, tmp_path, {variant: generation})
+    expected, ours = _whisper_tokens_both_ways(engine, tiny, folder, FLAC, num_beams)
+    assert ours == expected
+    assert expected != [plain]
+
+
+def test_whisper_samples_when_its_generation_config_says_so(engine, tiny, tmp_path):
+    """`generate_with_fallback` turns sampling off, but `generate` then restores the model's do_sample and temperature
+    (its generation config's values win over the defaults): the pipeline samples, and so does localinfer (with
+    numpy's generator: not the same draws as torch's). At temperature 5 a draw is never the greedy transcript."""
+    (greedy,), _ = _whisper_tokens_both_ways(engine, tiny, tiny["whisper"], FLAC, 1)
+    folder = _whisper_variant(tiny, tmp_path, {"do_sample": True, "temperature": 5.0})
+    expected, ours = _whisper_tokens_both_ways(engine, tiny, folder, FLAC, 1)
+    assert expected != [greedy] and ours != [greedy]
+    assert ours[0][:2] == expected[0][:2] and len(ours[0]) == len(expected[0])  # the same prompt and max_length
+
+
+def test_whisper_detects_the_language(engine, tiny, tmp_path):
+    """Language detection (`detect_language`) picks the model's favourite language token after the decoder start:
+    here the second of two, so a detection that took the first would answer otherwise."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny["whisper"])
+    values = _multilingual(tiny)
+    features = torch.tensor(_whisper_features(tiny, FLAC)["input_features"])
+    with torch.no_grad():
+        start = torch.tensor([[model.generation_config.decoder_start_token_id]])
+        logits = model(input_features=features, decoder_input_ids=start).logits[0, -1]
+    order = torch.argsort(logits, descending=True).tolist()
+    languages = {"<|en|>": order[-1], "<|de|>": order[0]}
+    folder = _whisper_variant(tiny, tmp_path, {**values, "lang_to_id": languages})
+    expected, ours = _whisper_tokens_both_ways(engine, tiny, folder, FLAC, 1)
+    assert ours == expected
+    assert expected[0][1] == order[0]
+
+
+def _whisper_features(tiny, data: bytes) -> dict:
+    from transformers import AutoFeatureExtractor
+
+    extractor = AutoFeatureExtractor.from_pretrained(tiny["whisper"])
+    return extractor(_decode(data, 16000), sampling_rate=16000, return_tensors="np", return_attention_mask=True)
