@@ -20,7 +20,7 @@ from .media import audio_seconds, check_bounds
 from .payload import Options, parse_payload
 from .registry import ModelSpec, Registry, check_task_name, infer_task
 from .runtime import ExportKind, LoadedModel, folder_fingerprint, load_model, onnx_location
-from .runtime.manifest import check_task, read_manifest, write_export
+from .runtime.manifest import check_task, manifest_fingerprint, read_manifest, write_export
 from .tasks import Task, get_task
 
 log = logging.getLogger("localinfer")
@@ -249,7 +249,9 @@ class LocalInference:
 
     def fingerprint(self, spec: ModelSpec) -> str:
         if spec.path not in self._fingerprints:
-            self._fingerprints[spec.path] = folder_fingerprint(spec.path, self.home / "fingerprints.json")
+            self._fingerprints[spec.path] = manifest_fingerprint(spec.path) or folder_fingerprint(
+                spec.path, self.home / "fingerprints.json"
+            )
         return self._fingerprints[spec.path]
 
     def state(self, model_id: str) -> str:

@@ -71,6 +71,23 @@ def test_every_task_has_cases():
     assert set(runtime_cases.CASES) == set(TASKS) - {"gpt2-long"}
 
 
+def test_shipped_folders_are_identified_by_their_manifest(shipped):
+    """A shipped folder's fingerprint (the result cache's key) comes from its manifest and file sizes, without
+    hashing its weights: distinct per model, stable, and changed when the manifest changes."""
+    from localinfer.runtime.manifest import manifest_fingerprint
+
+    prints = {name: manifest_fingerprint(folder) for name, folder in shipped.items()}
+    assert None not in prints.values() and len(set(prints.values())) == len(prints)
+    folder = shipped["bert-base"]
+    assert manifest_fingerprint(folder) == prints["bert-base"]
+    manifest = (folder / MANIFEST).read_text()
+    try:
+        (folder / MANIFEST).write_text(manifest.replace('"fingerprint": "', '"fingerprint": "0'))
+        assert manifest_fingerprint(folder) != prints["bert-base"]
+    finally:
+        (folder / MANIFEST).write_text(manifest)
+
+
 def test_shipped_folder_has_a_manifest_and_no_pytorch_weights(shipped, tiny):
     for name, folder in shipped.items():
         manifest = read_manifest(folder)
