@@ -13,6 +13,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from localinfer.decoding import GenerationSettings
 from localinfer.decoding.settings import settings_from_config
+from tests.fixtures.tiny_models import _SEQ2SEQ
 
 VOCAB = 64
 
@@ -58,17 +59,7 @@ class TorchStepModel:
 
 
 def _seq2seq_sizes() -> dict:
-    return dict(
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=128,
-        init_std=0.2,
-    )
+    return dict(_SEQ2SEQ, max_position_embeddings=128, init_std=0.2)  # the fixtures' encoder-decoder size
 
 
 def build(name: str, vocab: int = VOCAB):
