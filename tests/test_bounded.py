@@ -29,7 +29,24 @@ FAMILIES = {
         ("tiny/st-mean-normalize", {"inputs": {"source_sentence": WORDS, "sentences": [WORDS, "a day"]}}),
         ("tiny/distilbert-sentiment", {"inputs": ["@words 500"] * 1000}),
     ],
+    "generation": [
+        ("tiny/gpt2", {"inputs": WORDS, "parameters": {"do_sample": False, "max_new_tokens": 5}}),
+        ("tiny/gpt2-long", {"inputs": WORDS, "parameters": {"do_sample": False, "max_new_tokens": 5}}),
+        ("tiny/bart", {"inputs": WORDS, "parameters": {"max_length": 10}}),
+        ("tiny/t5", {"inputs": WORDS}),
+        ("tiny/marian", {"inputs": WORDS}),
+        ("tiny/blenderbot-small", {"inputs": {"text": WORDS, "past_user_inputs": [], "generated_responses": []}}),
+        (
+            "tiny/gpt2-chat",
+            {"inputs": {"text": "hi", "past_user_inputs": ["@words 300"] * 200, "generated_responses": ["ok"] * 200}},
+        ),
+        (
+            "tiny/blenderbot-small",
+            {"inputs": {"text": "hi", "past_user_inputs": ["@words 300"] * 200, "generated_responses": ["ok"] * 200}},
+        ),
+    ],
     "audio": [
+        ("tiny/whisper", "@audio 600"),  # chunked by 30 s
         ("tiny/wav2vec2-ctc", "@audio 600"),  # chunked by default
         ("tiny/wav2vec2-ctc", {"inputs": "@audio 600", "parameters": {"chunk_length_s": 30}}),
         ("tiny/wav2vec2-classifier", "@audio 600"),  # 413: beyond one pass
