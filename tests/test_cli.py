@@ -120,3 +120,11 @@ def test_runtime_only_install_refuses_to_export_and_names_the_extra(cli_env, tmp
     assert status == 500
     assert "needs optimum, which this runtime-only install lacks: install 'localinfer[export]'" in body["error"]
     assert "localinfer export MODEL --out DIR" in body["error"]
+
+
+def test_export_with_torch_hidden_from_transformers_names_the_switch(cli_env, tmp_path):
+    env = {**cli_env, "LOCALINFER_HOME": str(tmp_path / "home"), "USE_TORCH": "0"}
+    done = run(env, "query", "tiny/bert-ner", "--data", '"My name is Sarah"')
+    assert done.returncode == 1
+    error = json.loads(done.stdout)["error"]
+    assert "failed to import the export side" in error and "USE_TORCH=0 hides it" in error

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EXPORT_PACKAGES, export_extra_missing
+from ..errors import EXPORT_PACKAGES, MissingExtraError, export_extra_missing
 from .fingerprint import graph_versions
 
 log = logging.getLogger("localinfer")
@@ -84,6 +84,12 @@ def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:
         if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
             raise
         raise export_extra_missing(f"exporting {folder} to ONNX", exc) from None
+    except ImportError as exc:  # installed but not importable: e.g. transformers told to hide torch
+        first = (str(exc).splitlines() or [""])[0]
+        raise MissingExtraError(
+            f"exporting {folder} to ONNX failed to import the export side ({first}); it needs torch visible to "
+            "transformers (USE_TORCH=0 hides it: set it only in processes that serve exported folders)"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported in %.1f s to %s", time.perf_counter() - started, destination)

@@ -17,7 +17,7 @@ from .. import limits
 from ..audio_chunks import chunk_iter, chunk_samples, rescale_stride, strip_stride
 from ..decoding.models import ENCODER_DECODER_FILES
 from ..errors import BadRequestError, PayloadTooLargeError
-from ..media import decode_audio
+from ..media import audio_seconds, decode_audio
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .base import FunctionToApply, Parameters, Task, task_pipeline
@@ -195,21 +195,28 @@ class AudioClassification(Task):
         """As `AudioClassificationPipeline.postprocess`: softmax unless asked otherwise (whatever the config's
         problem type), the `top_k` best, `top_k` capped at the number of labels."""
         extractor, config = _preprocessors(model)
-        samples = decode_audio(inputs, extractor.sampling_rate)
         window = limits.current().max_unchunked_audio_seconds
-        if getattr(extractor, "feature_size", None) == 1 and samples.size > window * extractor.sampling_rate:
-            # A raw-waveform model (wav2vec2, HuBERT) takes the whole clip in one pass; a spectrogram extractor
-            # (AST) cuts it to its own window, so any duration is bounded there.
-            raise PayloadTooLargeError(
-                f"inputs: audio of {samples.size / extractor.sampling_rate:.1f} s; this model classifies at most "
-                f"{window:g} s in one pass ({limits.Limits.setting('max_unchunked_audio_seconds')})"
-            )
+        # A raw-waveform model (wav2vec2, HuBERT) takes the whole clip in one pass; a spectrogram extractor (AST)
+        # cuts it to its own window, so any duration is bounded there.
+        one_pass = getattr(extractor, "feature_size", None) == 1
+        if one_pass and audio_seconds(inputs) > window:  # refused from the header, before decoding
+            raise _beyond_one_pass(audio_seconds(inputs), window)
+        samples = decode_audio(inputs, extractor.sampling_rate)
+        if one_pass and samples.size > window * extractor.sampling_rate:
+            raise _beyond_one_pass(samples.size / extractor.sampling_rate, window)
         features = _features(extractor, samples)
         logits = model.runner.run(features, ["logits"])["logits"][0].astype(np.float32)
         function = parameters.function_to_apply or "softmax"
         scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x}[function](logits)
         best = np.argsort(-scores, kind="stable")[: min(parameters.top_k, config.num_labels)]
         return [{"score": float(scores[i]), "label": config.id2label[int(i)]} for i in best]
+
+
+def _beyond_one_pass(seconds: float, window: float) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"inputs: audio of {seconds:.1f} s; this model classifies at most {window:g} s in one pass "
+        f"({limits.Limits.setting('max_unchunked_audio_seconds')})"
+    )
 
 
 def _plain(entries: list[dict]) -> list[dict]:
