@@ -29,7 +29,7 @@ class Runner(Protocol):
 
 
 class PipelineModel(Protocol):
-    """A model for a transformers pipeline: optimum's ONNX Runtime model class, or the PyTorch model."""
+    """The PyTorch model, for a transformers pipeline (the PyTorch route of the generation tasks)."""
 
     backend: str
     compute_type: str
@@ -42,7 +42,7 @@ class LoadedModel:
 
     spec: ModelSpec
     kind: ExportKind
-    runner: Any  # a Runner; a PipelineModel when kind.ort_class is set; OnnxSessions when kind.sessions is
+    runner: Any  # a Runner; OnnxSessions when kind.sessions is set (a PipelineModel on the PyTorch route)
     config: dict[str, Any]
     files: Path  # the folder with the tokenizer/processor files the runner goes with
     load_seconds: float = 0.0
@@ -70,29 +70,21 @@ def load_model(
     if spec.backend == "torch":
         from .torch import TorchPipelineModel, TorchRunner
 
-        pipeline = kind.ort_class or kind.sessions
         try:
-            runner: Runner = TorchPipelineModel(spec.path, kind) if pipeline else TorchRunner(spec.path, kind)
+            runner: Runner = TorchPipelineModel(spec.path, kind) if kind.sessions else TorchRunner(spec.path, kind)
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
                 raise
             raise export_extra_missing(f"the PyTorch route of {spec.model_id}", exc) from None
         files = spec.path
     else:
-        from .onnx import OnnxPipelineModel, OnnxRunner, OnnxSessions
+        from .onnx import OnnxRunner, OnnxSessions
 
         folder = onnx_location(spec, kind, home, fingerprint)
         if not folder.is_dir():
             export_onnx(spec.path, kind, folder)
         if kind.sessions:
             runner = OnnxSessions(folder, kind.sessions, threads=threads)
-        elif kind.ort_class:
-            try:
-                runner = OnnxPipelineModel(folder, kind, threads=threads)
-            except ModuleNotFoundError as exc:
-                if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
-                    raise
-                raise export_extra_missing(f"{kind.task} through a transformers pipeline", exc) from None
         else:
             runner = OnnxRunner(folder / "model.onnx", threads=threads)
         files = folder if (folder / "tokenizer.json").is_file() else spec.path

@@ -27,16 +27,14 @@ class ExportKind:
     """How a model is exported for a task: optimum's task name and library, or a custom exporter.
 
     `exporter` names an entry of CUSTOM_EXPORTERS for architectures optimum cannot export.
-    `ort_class` names the optimum ONNX Runtime model class that runs the export inside a transformers
-    pipeline (generation, audio, vision); without it, one ONNX Runtime session runs `model.onnx`.
     `sessions` names the ONNX files a generation task runs step by step (localinfer.decoding): each is opened
-    once, in one ONNX Runtime session; on the PyTorch route such a kind loads the model for a pipeline.
+    once, in one ONNX Runtime session; on the PyTorch route such a kind loads the model for a pipeline. Without
+    it, one ONNX Runtime session runs `model.onnx`.
     """
 
     task: str
     library: str = "transformers"
     exporter: str = "optimum"
-    ort_class: str | None = None
     sessions: tuple[str, ...] = ()
 
 

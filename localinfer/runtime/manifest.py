@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
@@ -50,7 +50,8 @@ def read_manifest(folder: Path) -> Manifest | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, this localinfer reads format {FORMAT}")
-        export = {k: tuple(v) if isinstance(v, list) else v for k, v in data["export"].items()}  # JSON has no tuples
+        known = {f.name for f in fields(ExportKind)}  # a field of an older localinfer (ort_class) is ignored
+        export = {k: tuple(v) if isinstance(v, list) else v for k, v in data["export"].items() if k in known}
         return Manifest(data["task"], ExportKind(**export), dict(data["source"]), dict(data["versions"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InferenceError(f"{path}: not a localinfer export manifest ({exc})") from None

@@ -9,8 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from .export import ExportKind
-
 
 def default_threads() -> int:
     """The cores this process may use."""
@@ -89,25 +87,3 @@ class OnnxSessions:
         }
         first = next(iter(self.sessions.values()))
         self.compute_type = "gpu+optimized" if "CUDA" in first.get_providers()[0] else "cpu+optimized"
-
-
-class OnnxPipelineModel:
-    """An export run by optimum's ONNX Runtime model class (`kind.ort_class`), for a transformers pipeline.
-
-    For generation, the class's `generate` feeds past key/values back, one new token per step.
-    """
-
-    backend = "onnx"
-
-    def __init__(self, folder: Path, kind: ExportKind, *, threads: int | None = None) -> None:
-        import optimum.onnxruntime as ort_models
-
-        names = providers()
-        model_class = getattr(ort_models, kind.ort_class)
-        options = {"use_cache": True} if kind.task.endswith("-with-past") else {}
-        self.model = model_class.from_pretrained(
-            folder, providers=names, session_options=session_options(threads), local_files_only=True, **options
-        )
-        if kind.ort_class == "ORTModelForCTC":  # the ASR pipeline reads it; optimum-onnx 0.1 does not set it
-            self.model.main_input_name = "input_values"
-        self.compute_type = "gpu+optimized" if names[0].startswith("CUDA") else "cpu+optimized"

@@ -81,7 +81,7 @@ def text_tokenizer(
 
 
 def task_pipeline(model: LoadedModel, task: str, *parts: str) -> Any:
-    """The transformers pipeline of `task` around the loaded model (ONNX Runtime or PyTorch), built once.
+    """The transformers pipeline of `task` around the loaded PyTorch model (the reference route), built once.
 
     `parts` are the preprocessors it takes from the model's folder: "tokenizer", "feature_extractor",
     "image_processor".
@@ -96,9 +96,7 @@ def task_pipeline(model: LoadedModel, task: str, *parts: str) -> Any:
             "image_processor": transformers.AutoImageProcessor,
         }
         components = {part: loaders[part].from_pretrained(model.files) for part in parts}
-        if model.runner.backend == "onnx":
-            from optimum.onnxruntime import pipeline
-        else:
-            from transformers import pipeline
+        from transformers import pipeline
+
         model.state[key] = pipeline(task, model=model.runner.model, **components)
     return model.state[key]
