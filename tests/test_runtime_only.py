@@ -107,6 +107,11 @@ def test_runtime_only_install_answers_as_the_full_one(shipped, expected, tmp_pat
     for missing in ("optimum", "onnx", "sentence_transformers", "pandas"):
         probe = subprocess.run([str(RUNTIME_PYTHON), "-c", f"import {missing}"], capture_output=True)
         assert probe.returncode != 0, f"{missing} is installed in the runtime-only environment"
+    # The installed dependency chain, not only the direct requirements: no export-side distribution at all.
+    names = "import json, importlib.metadata as m; print(json.dumps([d.metadata['Name'] for d in m.distributions()]))"
+    listed = subprocess.run([str(RUNTIME_PYTHON), "-c", names], capture_output=True, text=True, check=True)
+    installed = {name.lower().replace("_", "-") for name in json.loads(listed.stdout)}
+    assert not installed & {"torch", "optimum", "optimum-onnx", "onnx", "sentence-transformers"}, installed
     result = _answer_in_child(RUNTIME_PYTHON, shipped, tmp_path)
     _check_answers(result["answers"], expected, tapas_needs_pandas=True)
     assert result["modules"] == []
@@ -130,3 +135,25 @@ def _check_answers(answers: list, expected: list, *, tapas_needs_pandas: bool) -
             continue
         assert "error" not in answer or "error" in want, (name, answer)
         assert_close(answer, want)
+
+
+def test_runtime_only_install_asked_to_export_names_the_extra(tiny, tmp_path):
+    code = (
+        "import json, sys, localinfer\n"
+        "try:\n"
+        "    localinfer.query(sys.argv[1], 'I love you')\n"
+        "except localinfer.MissingExtraError as exc:\n"
+        "    print(json.dumps([exc.status, exc.message]))\n"
+    )
+    env = {**os.environ, "LOCALINFER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [str(RUNTIME_PYTHON), "-c", code, str(tiny["distilbert-sentiment"])],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, message = json.loads(done.stdout)
+    assert status == 500 and "install 'localinfer[export]'" in message and "--out DIR" in message

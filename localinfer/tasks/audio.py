@@ -199,8 +199,9 @@ class AudioClassification(Task):
         # A raw-waveform model (wav2vec2, HuBERT) takes the whole clip in one pass; a spectrogram extractor (AST)
         # cuts it to its own window, so any duration is bounded there.
         one_pass = getattr(extractor, "feature_size", None) == 1
-        if one_pass and audio_seconds(inputs) > window:  # refused from the header, before decoding
-            raise _beyond_one_pass(audio_seconds(inputs), window)
+        declared = audio_seconds(inputs) if one_pass else 0.0
+        if declared > window:  # refused from the header, before decoding
+            raise _beyond_one_pass(declared, window)
         samples = decode_audio(inputs, extractor.sampling_rate)
         if one_pass and samples.size > window * extractor.sampling_rate:
             raise _beyond_one_pass(samples.size / extractor.sampling_rate, window)
