@@ -16,7 +16,7 @@ from typing import Any
 from .cache import ResultCache, cache_key
 from .errors import BadRequestError, InferenceError, ModelFailureError, ModelLoadingError
 from .limits import Limits, applied, check_structure
-from .media import audio_seconds, check_bounds
+from .media import check_bounds
 from .payload import Options, parse_payload
 from .registry import ModelSpec, Registry, check_task_name, infer_task
 from .runtime import ExportKind, LoadedModel, folder_fingerprint, load_model, onnx_location
@@ -118,8 +118,7 @@ class LocalInference:
         if options:
             request.options = Options.model_validate({**request.options.model_dump(), **options})
         inputs, parameters = handler.validate(request.inputs, request.parameters)
-        if handler.media:
-            check_bounds(handler.media, inputs)
+        declared_seconds = check_bounds(handler.media, inputs) if handler.media else 0.0
         key = cache_key(
             model=spec.model_id,
             weights=self.fingerprint(spec),
@@ -132,7 +131,7 @@ class LocalInference:
             hit = self.cache.get(key)
             if hit is not None:
                 answer = Answer(hit, handler.name, True, self._compute_type(spec, kind), time.perf_counter() - started)
-                return self._usage(answer, handler, request.inputs)
+                return self._usage(answer, handler, request.inputs, declared_seconds)
         model = self._loaded(spec, handler, kind, wait=request.options.wait_for_model)
         try:
             result = handler.run(model, inputs, parameters)
@@ -143,7 +142,7 @@ class LocalInference:
             raise ModelFailureError(one_line(exc)) from exc
         self.cache.set(key, result)
         answer = Answer(result, handler.name, False, model.runner.compute_type, time.perf_counter() - started)
-        return self._usage(answer, handler, request.inputs)
+        return self._usage(answer, handler, request.inputs, declared_seconds)
 
     def stream(self, model_id: str, payload: Any, *, task: str | None = None) -> Iterator[str]:
         """The new text of a text-generation answer, piece by piece as it is decoded (never from the cache):
@@ -165,12 +164,13 @@ class LocalInference:
         return stream(model, inputs, parameters)
 
     @staticmethod
-    def _usage(answer: Answer, handler: Task, inputs: Any) -> Answer:
-        """What the work was: characters of text, seconds of audio, or an image (the hosted API's headers)."""
+    def _usage(answer: Answer, handler: Task, inputs: Any, declared_seconds: float) -> Answer:
+        """What the work was: characters of text, seconds of audio (as its header declares them), or an image (the
+        hosted API's headers)."""
         if handler.media:
             answer.media = handler.media
             if answer.media == "audio":
-                answer.audio_seconds = audio_seconds(inputs)
+                answer.audio_seconds = declared_seconds
         else:
             answer.characters = _characters(inputs)
         return answer

@@ -66,17 +66,17 @@ def audio_seconds(data: Any) -> float:
         return 0.0
 
 
-def check_bounds(media: str, data: Any) -> None:
+def check_bounds(media: str, data: Any) -> float:
     """The bounds an image's or an audio file's header shows, checked before the result cache is consulted, so that
     a request beyond a bound is refused whether or not its answer is cached. Decoding checks them again (and what
-    a header does not show)."""
+    a header does not show). Returns an audio file's declared seconds (0 for an image)."""
     if not isinstance(data, bytes):
-        return
+        return 0.0
     if media == "audio":
         declared = audio_seconds(data)
         if declared > limits.current().max_audio_seconds:
             raise limits.audio_too_long(declared)
-        return
+        return declared
     from PIL import Image
 
     try:
@@ -84,10 +84,11 @@ def check_bounds(media: str, data: Any) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             size = Image.open(io.BytesIO(data)).size
     except Exception:  # not an image, or a bomb: decoding answers it
-        return
+        return 0.0
     too_large = limits.image_too_large(*size)
     if too_large is not None:
         raise too_large
+    return 0.0
 
 
 def decode_image(data: bytes) -> Any:

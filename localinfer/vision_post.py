@@ -15,22 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from .scores import apply_function, sigmoid, softmax
+
 # torch's channels-last bilinear kernel computes 8 float lanes at once (measured on torch 2.13's x86-64 build, whose
 # kernels are compiled with FMA); the channels left over go through a scalar loop that rounds differently
 _LANES = 8
 # torch's bilinear kernel for float inputs switches to its channels-last kernel for small outputs
 # (`_use_vectorized_kernel_cond_2d`: output height + width <= 128)
 _SMALL_OUTPUT = 128
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis (transformers/pipelines/image_classification.py: softmax)."""
-    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def label_names(config: dict[str, Any], count: int) -> list[str]:
@@ -284,7 +276,7 @@ def classify(
             function_to_apply = "softmax"
         else:
             function_to_apply = config.get("function_to_apply") or "none"
-    scores = {"sigmoid": sigmoid, "softmax": softmax, "none": lambda x: x}[function_to_apply](logits)
+    scores = apply_function(function_to_apply, logits)
     ranked = sorted(
         ({"label": names[i], "score": score.item()} for i, score in enumerate(scores)),
         key=lambda entry: entry["score"],

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..scores import softmax
+
 if TYPE_CHECKING:
     from localinfer.decoding.search import GenerationSettings
 
@@ -28,11 +30,6 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     total = np.exp(shifted).sum(axis=-1, keepdims=True)
     shifted -= np.log(total)
     return shifted
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 _LARGE = 16384  # a vocabulary from which a partial selection pays

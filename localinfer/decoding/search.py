@@ -17,7 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from localinfer.decoding.processors import build_processors, kth_largest, log_softmax, softmax
+from localinfer.decoding.processors import build_processors, kth_largest, log_softmax
+from localinfer.scores import softmax
 
 StopCallback = Callable[[list[int]], bool]
 

@@ -19,10 +19,10 @@ from ..decoding.models import ENCODER_DECODER_FILES
 from ..errors import BadRequestError, PayloadTooLargeError
 from ..media import audio_seconds, decode_audio
 from ..runtime import ExportKind, LoadedModel
+from ..scores import apply_function
 from ..text import read_json
 from .base import FunctionToApply, Parameters, Task, task_pipeline
 from .generation import generation_tokenizer
-from .text_classification import sigmoid, softmax
 
 
 def _is_ctc(folder: Path) -> bool:
@@ -208,7 +208,7 @@ class AudioClassification(Task):
         features = _features(extractor, samples)
         logits = model.runner.run(features, ["logits"])["logits"][0].astype(np.float32)
         function = parameters.function_to_apply or "softmax"
-        scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x}[function](logits)
+        scores = apply_function(function, logits)
         best = np.argsort(-scores, kind="stable")[: min(parameters.top_k, config.num_labels)]
         return [{"score": float(scores[i]), "label": config.id2label[int(i)]} for i in best]
 
@@ -218,8 +218,3 @@ def _beyond_one_pass(seconds: float, window: float) -> PayloadTooLargeError:
         f"inputs: audio of {seconds:.1f} s; this model classifies at most {window:g} s in one pass "
         f"({limits.Limits.setting('max_unchunked_audio_seconds')})"
     )
-
-
-def _plain(entries: list[dict]) -> list[dict]:
-    """Pipeline answers with plain floats (some carry numpy scalars)."""
-    return [{**e, "score": float(e["score"])} for e in entries]

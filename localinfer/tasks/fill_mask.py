@@ -10,9 +10,9 @@ from pydantic import Field
 
 from ..errors import BadRequestError
 from ..runtime import ExportKind, LoadedModel
+from ..scores import softmax
 from ..text import TextTokenizer, run_batched
 from .base import BATCH_SIZE, Parameters, Task, text_tokenizer
-from .text_classification import softmax
 
 
 class FillMaskParameters(Parameters):

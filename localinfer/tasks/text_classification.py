@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime import ExportKind, LoadedModel
+from ..scores import apply_function
 from ..text import run_batched
 from .base import BATCH_SIZE, FunctionToApply, Parameters, Task, text_tokenizer
 
@@ -22,15 +23,6 @@ class TextPair(BaseModel):
 class TextClassificationParameters(Parameters):
     top_k: Annotated[int, Field(ge=1)] | None = None
     function_to_apply: FunctionToApply | None = None
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def default_function(config: dict[str, Any]) -> str:
@@ -66,7 +58,7 @@ class TextClassification(Task):
 
         results = []
         for logits in run_batched(texts, run, batch_size=BATCH_SIZE, length=lambda t: len(str(t))):
-            scores = {"sigmoid": sigmoid, "softmax": softmax, "none": lambda x: x}[function](logits)
+            scores = apply_function(function, logits)
             ranked = sorted(
                 ({"label": id2label.get(i, f"LABEL_{i}"), "score": float(s)} for i, s in enumerate(scores)),
                 key=lambda entry: entry["score"],

@@ -15,9 +15,9 @@ from pydantic import BeforeValidator, Field
 
 from ..errors import BadRequestError
 from ..runtime import ExportKind, LoadedModel
+from ..scores import softmax
 from ..text import TextTokenizer, run_batched
 from .base import BATCH_SIZE, Parameters, Task, lowercase, text_tokenizer
-from .text_classification import softmax
 
 Strategy = Literal["none", "simple", "first", "average", "max"]
 
