@@ -672,6 +672,7 @@ def test_processor_equals_transformers(name, vocab):
 
 
 def test_beam_top_k_equals_a_full_sort():
+    from localinfer.decoding.processors import kth_largest
     from localinfer.decoding.search import _top
 
     rng = np.random.default_rng(0)
@@ -681,6 +682,42 @@ def test_beam_top_k_equals_a_full_sort():
         values[rng.integers(0, size, 12)] = values.max()  # ties at the top
         for k in (1, 8, 12, 40):
             assert _top(values, k).tolist() == np.argsort(-values, kind="stable")[:k].tolist()
+        rounded = np.round(values * 2)  # many ties at the k-th value
+        rounded[-3:] = rounded.max() + 1  # the largest in the last, longer block
+        for k in (1, 4, 9):
+            assert _top(rounded, k).tolist() == np.argsort(-rounded, kind="stable")[:k].tolist()
+            rows = np.stack([rounded, rounded[::-1]])
+            assert kth_largest(rows, k)[:, 0].tolist() == (-np.sort(-rows, axis=1))[:, k - 1].tolist()
+
+
+def test_log_softmax_graph_is_the_documented_one():
+    """The serialised graph kernels.py runs is what its docstring's `onnx.helper` code builds."""
+    from onnx import TensorProto, helper
+
+    from localinfer.decoding import kernels
+
+    graph = helper.make_graph(
+        [helper.make_node("LogSoftmax", ["scores"], ["log_probs"], axis=-1)],
+        "log_softmax",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["rows", "vocab"])],
+        [helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["rows", "vocab"])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7, producer_name="localinfer"
+    )
+    assert model.SerializeToString() == kernels.LOG_SOFTMAX_ONNX
+
+
+@pytest.mark.parametrize("vocab", [11, 50257])
+def test_log_softmax_equals_torch(vocab):
+    """Beam search's log-softmax (ONNX Runtime on a large vocabulary, numpy on a small one) equals torch's."""
+    from localinfer.decoding.processors import log_softmax
+
+    scores = (np.random.default_rng(vocab).standard_normal((4, vocab)) * 4).astype(np.float32)
+    scores[1, :3] = -np.inf
+    ours = log_softmax(scores)
+    assert ours.dtype == np.float32 and ours.shape == scores.shape
+    np.testing.assert_allclose(ours, torch.log_softmax(torch.from_numpy(scores), -1).numpy(), rtol=0, atol=1e-5)
 
 
 def test_sampled_rows_end_at_their_own_eos():

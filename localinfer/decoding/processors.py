@@ -16,6 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..scores import softmax
+from . import kernels
 
 if TYPE_CHECKING:
     from localinfer.decoding.search import GenerationSettings
@@ -26,6 +27,10 @@ NEG_INF = np.float32(-np.inf)
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """The log-softmax over the last axis, as a new array: on ONNX Runtime for a large float32 array (beam search's
+    scores at every step: 4x faster there, see kernels.py), else in numpy."""
+    if scores.dtype == np.float32 and scores.ndim == 2 and scores.size >= _LARGE:
+        return kernels.log_softmax(scores)
     shifted = scores - scores.max(axis=-1, keepdims=True)
     total = np.exp(shifted).sum(axis=-1, keepdims=True)
     shifted -= np.log(total)
@@ -35,20 +40,36 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
 _LARGE = 16384  # a vocabulary from which a partial selection pays
 
 
+def top_candidates(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices, in increasing order, of a subset of the 1-D `values` that holds their `k` largest (every index whose
+    value equals the k-th largest included). On a large array only the blocks whose maximum reaches the k-th
+    largest of 256 block maxima can hold them (at least k values reach it), so one pass over the maxima and a scan
+    of those k blocks replace a pass over everything: 4 x 50257 scores in ~30 us instead of ~110."""
+    size = len(values)
+    if size < _LARGE or k > 64:
+        return np.arange(size)
+    width = size // 256
+    whole = 256 * width
+    maxima = values[:whole].reshape(256, width).max(axis=-1)
+    if whole < size:  # the last block is longer
+        maxima[-1] = max(maxima[-1], values[whole:].max())
+    blocks = 256
+    bound = np.partition(maxima, blocks - k)[blocks - k]
+    chosen = np.flatnonzero(maxima >= bound)
+    candidates = (chosen[:, None] * width + np.arange(width)).reshape(-1)
+    if chosen[-1] == blocks - 1 and whole < size:
+        candidates = np.concatenate([candidates, np.arange(whole, size)])
+    return candidates[values[candidates] >= bound]
+
+
 def kth_largest(scores: np.ndarray, k: int) -> np.ndarray:
-    """The k-th largest score of each row, [rows, 1]. On a large vocabulary the candidates are first narrowed to
-    the values reaching the k-th largest of 256 block maxima (at least k values reach it)."""
+    """The k-th largest score of each row, [rows, 1]."""
     rows, vocab = scores.shape
-    if vocab < _LARGE or k > 256:
+    if vocab < _LARGE or k > 64:
         return np.partition(scores, vocab - k, axis=-1)[:, vocab - k, None]
-    width = vocab // 256
-    maxima = scores[:, : 256 * width].reshape(rows, 256, width).max(axis=-1)
-    if 256 * width < vocab:
-        maxima = np.concatenate([maxima, scores[:, 256 * width :].max(axis=-1, keepdims=True)], axis=1)
-    bound = np.partition(maxima, maxima.shape[1] - k, axis=-1)[:, maxima.shape[1] - k]
     out = np.empty((rows, 1), dtype=scores.dtype)
     for i in range(rows):
-        candidates = scores[i][scores[i] >= bound[i]]
+        candidates = scores[i][top_candidates(scores[i], k)]
         out[i, 0] = np.partition(candidates, len(candidates) - k)[len(candidates) - k]
     return out
 

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from localinfer.decoding.processors import build_processors, kth_largest, log_softmax
+from localinfer.decoding.processors import build_processors, log_softmax, top_candidates
 from localinfer.scores import softmax
 
 StopCallback = Callable[[list[int]], bool]
@@ -273,10 +273,7 @@ def _stopped(
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the `k` largest values, largest first, the lower index first among equal values."""
-    if k < len(values):
-        candidates = np.flatnonzero(values >= kth_largest(values[None], k)[0, 0])
-    else:
-        candidates = np.arange(len(values))
+    candidates = top_candidates(values, k) if k < len(values) else np.arange(len(values))
     return candidates[np.argsort(-values[candidates], kind="stable")[:k]]
 
 
@@ -322,7 +319,7 @@ def _beam_search(
         log_probs = log_softmax(logits.astype(np.float32, copy=False))
         for processor in processors:
             log_probs = processor(running[:, :cur_len], log_probs)
-        if log_probs.flags.writeable and log_probs.base is None:  # ours (log_softmax or a processor made it)
+        if log_probs.flags.writeable and not np.may_share_memory(log_probs, logits):  # ours: log_softmax made it
             log_probs += running_scores[:, None]
             accumulated = log_probs.reshape(-1)
         else:
