@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import LocalInference
-from .errors import InferenceError
+from .errors import BadRequestError, InferenceError
 from .limits import Limits
 
 
@@ -45,6 +45,23 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help="write a self-contained folder (ONNX, tokenizer and processor files, manifest) to ship"
     )
     export.add_argument("--task", help="override the model's task")
+    bulk = commands.add_parser(
+        "map", help="answer every row of a JSON Lines or Parquet file into a JSON Lines file (resumable)"
+    )
+    bulk.add_argument("model_id")
+    bulk.add_argument("input", help="JSON Lines (a payload or a bare input per line) or .parquet (an inputs column)")
+    bulk.add_argument("output", help="JSON Lines: one {result} or {error, status} per row; a re-run resumes it")
+    bulk.add_argument("--task", help="override the model's task")
+    bulk.add_argument("--parameters", type=json.loads, help="JSON parameters for every row (a row's own win)")
+    bulk.add_argument("--batch-size", type=int, default=32, help="rows answered together (default 32)")
+    bulk.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray Data: the cluster at ADDRESS, else a local one",
+    )
+    bulk.add_argument("--actors", type=int, default=1, help="with --ray: engines (Ray actors) answering rows")
     serve = commands.add_parser("serve", help="serve the hosted Inference API's routes over HTTP")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
@@ -78,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         engine = LocalInference(args.models, args.home, limits=limits)
-        if args.command == "query":
+        if args.command == "map":
+            print(json.dumps(_map(args, engine)))
+        elif args.command == "query":
             result = engine.query(args.model_id, _payload(args.data), task=args.task)
             print(json.dumps(result, ensure_ascii=False))
         elif args.command == "models":
@@ -94,6 +113,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": str(exc)}))
         return 1
     return 0
+
+
+def _map(args: argparse.Namespace, engine: LocalInference) -> dict[str, int]:
+    """`localinfer map`: on this machine, or on Ray with --ray."""
+    if args.batch_size < 1 or (args.parameters is not None and not isinstance(args.parameters, dict)):
+        raise BadRequestError("--batch-size must be at least 1 and --parameters a JSON object")
+    job = {"task": args.task, "parameters": args.parameters, "batch_size": args.batch_size}
+    if args.ray is None:
+        from .bulk import run_map
+
+        return run_map(engine, args.model_id, args.input, args.output, **job)
+    from .ray import map_on_ray
+
+    where = {"actors": args.actors, "address": args.ray or None, "models": args.models, "home": args.home}
+    return map_on_ray(args.model_id, args.input, args.output, **job, **where)
 
 
 def _list_models(engine: LocalInference) -> None:

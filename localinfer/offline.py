@@ -26,6 +26,8 @@ TELEMETRY_OFF = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
+    # Ray's usage statistics (ray/_common/usage/usage_lib.py), for `localinfer.ray`'s clusters and workers.
+    "RAY_USAGE_STATS_ENABLED": "0",
 }
 # Set unless the user set them: localinfer itself never downloads (it loads with local_files_only), but these
 # switches hold for the whole process, so a program that imports localinfer and downloads from the Hub itself

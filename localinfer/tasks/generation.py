@@ -117,15 +117,22 @@ def generation_tokenizer(model: LoadedModel) -> Any:
     return model.state["generation-tokenizer"]
 
 
-def window(model: LoadedModel, tokenizer: Any) -> int | None:
-    """The model's window in tokens: the tokenizer's `model_max_length`, else the config's positions."""
+# The window of a model whose tokenizer and config name none (relative-position models such as T5 and its
+# descendants): their checkpoints were trained on 512 tokens, and without a bound 20000 words made ONNX Runtime's
+# attention scores outgrow a 4 GB device (a 500 where the arena could not allocate). Text encoders use the same.
+DEFAULT_WINDOW = 512
+
+
+def window(model: LoadedModel, tokenizer: Any) -> int:
+    """The model's window in tokens: the tokenizer's `model_max_length`, else the config's positions, else
+    DEFAULT_WINDOW."""
     if tokenizer.model_max_length < 1e29:  # transformers' VERY_LARGE_INTEGER when the tokenizer has none
         return int(tokenizer.model_max_length)
     config = model.config
     for name in ("max_position_embeddings", "n_positions", "max_source_positions", "n_ctx"):
         if isinstance(config.get(name), int):
             return config[name]
-    return None
+    return DEFAULT_WINDOW
 
 
 def settings_for(model: LoadedModel, request: Mapping[str, Any], task: str, seed: int | None) -> Any:

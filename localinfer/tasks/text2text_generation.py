@@ -101,10 +101,10 @@ class _Seq2Seq(Task):
     ) -> dict[str, np.ndarray]:
         """The encoder's inputs for one text, its prefix put before it (Text2TextGenerationPipeline.
         _parse_and_tokenize, TranslationPipeline.preprocess), truncated to the window (the tokenizer's, else the
-        config's)."""
+        config's, else DEFAULT_WINDOW)."""
         limit = window(model, tokenizer)
         options = {"truncation": True, "return_tensors": "np"}
-        if tokenizer.model_max_length >= 1e29 and limit is not None:
+        if tokenizer.model_max_length >= 1e29:
             options["max_length"] = limit
         if task.startswith("translation") and getattr(tokenizer, "_build_translation_inputs", None):
             if src_lang is None and tgt_lang is None and len(task.split("_")) == 4:

@@ -109,7 +109,7 @@ class TextGeneration(Task):
         tokenizer = generation_tokenizer(model)
         ids = tokenizer((settings.prefix or "") + text, add_special_tokens=False)["input_ids"]
         limit, new_tokens = window(model, tokenizer), settings.max_new_tokens
-        if new_tokens is not None and limit is not None and len(ids) + new_tokens > limit:
+        if new_tokens is not None and len(ids) + new_tokens > limit:
             keep = limit - new_tokens
             if keep <= 0:
                 raise BadRequestError(
