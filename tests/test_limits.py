@@ -152,3 +152,52 @@ def test_cli_flags_set_the_bounds(tiny, home, tmp_path):
     )
     assert done.returncode == 1
     assert json.loads(done.stdout)["error"].startswith("inputs: a list of 2 items; the limit is 1")
+
+
+def _child_peaks(engine, tiny, home, tmp_path, cases: list[tuple[str, object]]) -> list[dict]:
+    """Each case answered in turn by one child process (tests/fixtures/bounded_child.py, under 4 GB, this checkout's
+    localinfer, no torch): its status and its peak resident memory so far."""
+    from tests.fixtures import bounded_child
+
+    for model in {model for model, _ in cases}:
+        engine.export(model)  # exports need torch: made here, so that the child only loads them
+    toml = write_models_toml(tmp_path / "models.toml", tiny)
+    (tmp_path / "cases.json").write_text(json.dumps([{"model": m, "payload": p} for m, p in cases]))
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "LOCALINFER_HOME": str(home),
+        "LOCALINFER_MODELS": str(toml),
+        "USE_TORCH": "0",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
+    out = tmp_path / "out.json"
+    done = subprocess.run(
+        [sys.executable, bounded_child.__file__, "4096", str(tmp_path / "cases.json"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_ctc_memory_does_not_grow_beyond_one_pass(engine, tiny, home, tmp_path):
+    """60 s of audio to a CTC model runs as 30 s chunks: its peak is one 30 s pass's (the attention of 6000 frames,
+    ~600 MB on the tiny fixture), not twice that (ONNX Runtime's memory pattern beside its arena: 1354 MB where one
+    pass took 747 MB, before runtime/onnx.py turned the pattern off for waveform models)."""
+    one_pass, chunked = _child_peaks(
+        engine, tiny, home, tmp_path, [("tiny/wav2vec2-ctc", "@audio 30"), ("tiny/wav2vec2-ctc", "@audio 60")]
+    )
+    assert one_pass["status"] == chunked["status"] == 200, (one_pass, chunked)
+    assert chunked["peak_mb"] < 1.2 * one_pass["peak_mb"], (one_pass["peak_mb"], chunked["peak_mb"])
+
+
+def test_only_waveform_models_run_without_the_memory_pattern(engine):
+    """The memory pattern stays on where inputs are short (it saves time at every generation step)."""
+    options = {
+        name: engine.preload(f"tiny/{name}").runner.session.get_session_options().enable_mem_pattern
+        for name in ("wav2vec2-ctc", "wav2vec2-classifier", "distilbert-sentiment", "vit")
+    }
+    assert options == {"wav2vec2-ctc": False, "wav2vec2-classifier": False, "distilbert-sentiment": True, "vit": True}
