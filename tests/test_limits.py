@@ -322,3 +322,19 @@ def test_extreme_images_answer_as_the_pipeline_told_the_channels(image_models, t
         assert_close(answer, expected)
     if "subtask" not in parameters or parameters["subtask"] == "semantic":
         assert expected  # classification, detection at threshold 0 and semantic segmentation always answer
+
+
+@pytest.mark.parametrize(
+    ("model", "payload", "where"),
+    [
+        (CLASSIFIER, {"inputs": ["a"] * 10_000}, "inputs"),
+        ("tiny/bert-nli", {"inputs": "a", "parameters": {"candidate_labels": ["x"] * 10_000}}, "parameters"),
+        ("tiny/st-cls", {"inputs": {"source_sentence": "a", "sentences": ["b"] * 10_000}}, "inputs"),
+    ],
+)
+def test_a_10000_item_list_is_400_naming_the_limit(engine, model, payload, where):
+    with pytest.raises(BadRequestError) as info:
+        engine.query(model, payload)
+    assert info.value.body == {
+        "error": f"{where}: a list of 10000 items; the limit is 1024 (Limits(max_list_items=...), --max-list-items)"
+    }
