@@ -86,7 +86,7 @@ def load_model(
         if kind.sessions:
             runner = OnnxSessions(folder, kind.sessions, threads=threads)
         else:
-            runner = OnnxRunner(folder / "model.onnx", threads=threads)
+            runner = OnnxRunner(folder / "model.onnx", threads=threads, task=kind.task)
         files = folder if (folder / "tokenizer.json").is_file() else spec.path
     return LoadedModel(spec, kind, runner, config, files, time.perf_counter() - started)
 

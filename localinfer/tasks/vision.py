@@ -6,6 +6,7 @@ prepares the pixels (numpy, no torch) and `localinfer.vision_post` turns the out
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,15 +36,41 @@ def image_processor(model: LoadedModel) -> Any:
 def run_image(model: LoadedModel, data: bytes, outputs: tuple[str, ...]) -> tuple[dict[str, np.ndarray], Any]:
     """Decode the image, prepare it with the image processor, run the model: its outputs and the image."""
     image = decode_image(data)
-    # the channel axis given, not guessed: the processors guess wrongly for a 1-pixel-wide image
+    processor = image_processor(model)
+    # The channel axis given, not guessed: the processors (and so the pipelines, which do not give it) take a 1x1
+    # image, or a 2000x3 one, for channels-first.
     try:
-        features = image_processor(model)(images=image, return_tensors="np", input_data_format="channels_last")
-    except ValueError as exc:  # e.g. DETR's and YOLOS's resizes round the short side of a 3x2000 image to 0
-        raise BadRequestError(
-            f"inputs: this model's image processor cannot prepare a {image.width}x{image.height} image ({exc})"
-        ) from None
+        features = processor(images=image, return_tensors="np", input_data_format="channels_last")
+    except ValueError as exc:
+        raise _cannot_prepare(processor, image.width, image.height, exc) from None
     feeds = {name: np.asarray(value) for name, value in features.items()}
     return model.runner.run(feeds, outputs), image
+
+
+def _cannot_prepare(processor: Any, width: int, height: int, exc: ValueError) -> BadRequestError:
+    """A 400 that says why the processor refused the image. DETR's and YOLOS's processors resize to a shortest edge
+    unless the longest would pass its bound, then to the longest: a 3x2000 image under `{"shortest_edge": 64,
+    "longest_edge": 96}` becomes 0x96 (`get_size_with_aspect_ratio` in image_processing_detr.py rounds 96 * 3 / 2000
+    to 0; YOLOS's also floors each side to a multiple of 16, so its real checkpoints' 1333 gives 3x2000 a width of 0
+    too), and `resize` refuses an empty image. The transformers pipeline raises the same ValueError on it."""
+    size = getattr(processor, "size", None) or {}
+    # the processor's own module function (DETR, YOLOS and their kin define one), on a zero-copy stand-in
+    resize_to = getattr(sys.modules.get(type(processor).__module__), "get_resize_output_image_size", None)
+    if resize_to is not None and "shortest_edge" in size and "longest_edge" in size:
+        try:
+            stand_in = np.broadcast_to(np.zeros(1, np.uint8), (height, width, 3))
+            new_height, new_width = resize_to(
+                stand_in, size=size["shortest_edge"], max_size=size["longest_edge"], input_data_format="channels_last"
+            )
+        except Exception:  # another module's function of that name: the plain message below
+            new_height = new_width = 1
+        if min(new_height, new_width) < 1:
+            return BadRequestError(
+                f"inputs: this model's image processor resizes a {width}x{height} image to {new_width}x{new_height} "
+                f"pixels (its size: shortest_edge {size['shortest_edge']}, longest_edge {size['longest_edge']}), too "
+                f"elongated for it; the transformers pipeline fails on it too ({exc})"
+            )
+    return BadRequestError(f"inputs: this model's image processor cannot prepare a {width}x{height} image ({exc})")
 
 
 class ImageClassification(Task):
