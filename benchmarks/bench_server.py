@@ -136,7 +136,8 @@ def _batching_server(home: Path, *flags: str) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}/pipeline/feature-extraction/{MINILM}"
     for _ in range(600):
         try:
-            if requests.post(url, json={"inputs": "warm up"}, headers={"x-wait-for-model": "true"}, timeout=120).ok:
+            warm_up = {"inputs": "warm up", "options": {"use_cache": False, "wait_for_model": True}}  # loads it
+            if requests.post(url, json=warm_up, timeout=120).ok:
                 return process, url
         except requests.ConnectionError:
             time.sleep(0.1)
@@ -156,7 +157,7 @@ def _clients(url: str, sentences: list[str], clients: int) -> tuple[list, list[f
             local.session = requests.Session()
         started = time.perf_counter()
         response = local.session.post(url, json={"inputs": sentence, "options": {"use_cache": False}}, timeout=120)
-        response.raise_for_status()
+        assert response.status_code == 200, response.text
         return response.json(), time.perf_counter() - started
 
     started = time.perf_counter()
