@@ -4,10 +4,11 @@ There is no batching thread: the first request of an idle queue runs at once, in
 queue's leader. Requests that arrive while the leader's batch runs wait in the queue; when the batch is done, the
 leader hands the queue to the oldest of them, which takes up to `max_batch_size` waiting requests as the next batch.
 So a lone request is never delayed, the model never idles while requests wait, and batches grow with the load, as
-with Text Embeddings Inference's queue (router/src/infer.rs, `batching_task`: the next batch is whatever queued
-while the model ran). Unlike Ray Serve's `@serve.batch`, no batch waits a fixed time for company: a batch waits
-(at most `max_wait_s` after its oldest request arrived) only for as many requests as the queue's previous batch
-held, so N clients that answer each other's pace form batches of N, and a lone client never waits.
+with Text Embeddings Inference's queue (core/src/infer.rs `batching_task`, core/src/queue.rs `next_batch`: the
+next batch is whatever queued while the model ran). Unlike Ray Serve's `@serve.batch`, no batch waits a fixed
+time for company: a batch waits (at most `max_wait_s` after its oldest request arrived) only for as many requests
+as the queue's previous batch held, so N clients that answer each other's pace form batches of N, and a lone
+client never waits.
 
 A batch that fails as a whole is run again one request at a time, so that a bad request gets its own error and
 cannot fail its neighbours.
