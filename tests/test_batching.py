@@ -195,9 +195,17 @@ def _outcome(engine: LocalInference, model_id: str, payload: Any, task: str | No
         return exc
 
 
-def together(engine: LocalInference, model_id: str, payloads: list[Any], task: str | None = None, *, leading: int = 1):
+def together(
+    engine: LocalInference,
+    model_id: str,
+    payloads: list[Any],
+    task: str | None = None,
+    *,
+    leading: int = 1,
+    while_queued: Any = None,
+):
     """The payloads' answers (or errors) when the first `leading` hold the model (each in its forward pass) until
-    all the others queue behind them, and the batch size of each forward pass."""
+    all the others queue behind them (then `while_queued()` is called), and the batch size of each forward pass."""
     model = engine.preload(model_id, task=task)
     gate = model.runner = Gate(model.runner)
     gate.open.clear()
@@ -209,6 +217,8 @@ def together(engine: LocalInference, model_id: str, payloads: list[Any], task: s
                 _until(lambda count=count: len(gate.passes) == count)
             futures += [pool.submit(_outcome, engine, model_id, payload, task) for payload in payloads[leading:]]
             _until(lambda: engine.queue_depth(model_id) == len(payloads) - leading)
+            if while_queued is not None:
+                while_queued()
             gate.open.set()
             outcomes = [future.result(timeout=60) for future in futures]
     finally:
@@ -363,6 +373,20 @@ def test_each_request_has_its_own_cache_entry_and_a_hit_never_queues(engines):
             assert not held.result(20).cached
     finally:
         model.runner = gate.runner
+
+
+def test_the_models_listing_reports_each_models_queue_depth(engines):
+    from localinfer.server import _registry
+
+    batched, _ = engines
+    seen: dict[str, int] = {}
+
+    def look() -> None:
+        seen.update({entry["model_id"]: entry["queue_depth"] for entry in _registry(batched)})
+
+    together(batched, "tiny/bert-base", [_uncached(s) for s in SENTENCES[:4]], while_queued=look)
+    assert seen["tiny/bert-base"] == 3 and seen["tiny/bert-mlm"] == 0
+    assert {entry["queue_depth"] for entry in _registry(batched)} == {0}
 
 
 def test_a_lone_request_is_one_pass_without_a_wait(tiny, engines, tmp_path):
