@@ -329,6 +329,15 @@ def test_concurrent_requests_answer_what_each_answers_alone(engines, case):
     assert len(passes) == 2  # the first request alone, then all the others in one forward pass
 
 
+def test_clips_of_other_lengths_run_in_their_own_pass(engines):
+    batched, alone = engines
+    clips = [_tone(330.0), _tone(220.0), _tone(440.0, seconds=0.7), _tone(1000.0)]
+    outcomes, passes = together(batched, "tiny/wav2vec2-classifier", clips)
+    for outcome, clip in zip(outcomes, clips, strict=True):
+        assert_close(outcome.result, alone.query("tiny/wav2vec2-classifier", clip), 1e-6)
+    assert sorted(passes[1:]) == [1, 2]  # behind the first: the two 0.5 s clips together, the 0.7 s one alone
+
+
 def test_requests_with_other_parameters_are_not_batched_together(engines):
     batched, alone = engines
     tops = (1, 2, 1, 2, 1, 2)
