@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,5 +106,153 @@ def main() -> None:
     print(f"written to {path}")
 
 
+# -- issue 14: requests batched across clients -----------------------------------------------------------------------
+# Run: python benchmarks/bench_server.py --batching    (writes benchmarks/results/server-batching.json)
+#      python benchmarks/bench_server.py --batching --quick    (proves it runs; its timings mean little)
+#
+# MiniLM feature-extraction, one sentence per request (use_cache false), from 1, 4, 16 and 64 concurrent clients over
+# HTTP (a keep-alive session per client): requests per second and p50/p95 latency, on a server that batches (its
+# defaults) and on one that runs every request alone (--max-batch-size 0). The ceiling, in the same run: the same
+# sentences in-process as list inputs of 32. Targets: at 16 clients at least 0.5 of the ceiling's rate; at 1 client a
+# p50 within 1 ms of the unbatched server's. Every HTTP answer is checked against the in-process one (1e-6).
+
+BATCHING_CLIENTS = (1, 4) if QUICK else (1, 4, 16, 64)
+BATCHING_REQUESTS = 64 if QUICK else 640
+# `--max-batch-wait-ms X` is handed to the batching server (default: the server's own default).
+BATCHING_FLAGS = sys.argv[sys.argv.index("--max-batch-wait-ms") :][:2] if "--max-batch-wait-ms" in sys.argv else []
+
+
+def _batching_server(home: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """A `localinfer serve` on a free port with `flags`, MiniLM loaded: the process and MiniLM's feature-extraction
+    URL."""
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localinfer", "--home", str(home), "serve", "--port", str(port), "--no-preload", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/pipeline/feature-extraction/{MINILM}"
+    for _ in range(600):
+        try:
+            warm_up = {"inputs": "warm up", "options": {"use_cache": False, "wait_for_model": True}}  # loads it
+            if requests.post(url, json=warm_up, timeout=120).ok:
+                return process, url
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.terminate()
+    raise RuntimeError("the server did not start")
+
+
+def _clients(url: str, sentences: list[str], clients: int) -> tuple[list, list[float], float]:
+    """Each sentence posted once, from `clients` threads each with its own keep-alive session: the answers in order,
+    the latencies, and the wall time."""
+    import requests
+
+    local = threading.local()
+
+    def one(sentence: str) -> tuple[object, float]:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        started = time.perf_counter()
+        response = local.session.post(url, json={"inputs": sentence, "options": {"use_cache": False}}, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json(), time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(one, sentences))
+    return [answer for answer, _ in done], [seconds for _, seconds in done], time.perf_counter() - started
+
+
+def _figures(latencies: list[float], wall: float) -> dict:
+    ordered = sorted(latencies)
+    return {
+        "requests_per_s": round(len(ordered) / wall, 1),
+        "p50_ms": round(ordered[len(ordered) // 2] * 1e3, 2),
+        "p95_ms": round(ordered[int(len(ordered) * 0.95)] * 1e3, 2),
+    }
+
+
+def batching() -> None:
+    import numpy as np
+    from common import short_sentences
+
+    from localinfer import LocalInference
+
+    home = Path(tempfile.mkdtemp(prefix="localinfer-bench-batching-"))
+    engine = LocalInference(home=home)
+    engine.preload(MINILM, task="feature-extraction")  # exported once, before the servers start
+    sentences = short_sentences(BATCHING_REQUESTS)
+
+    def in_process() -> list:
+        payloads = [
+            {"inputs": sentences[i : i + 32], "options": {"use_cache": False}} for i in range(0, len(sentences), 32)
+        ]
+        return [vector for p in payloads for vector in engine.query(MINILM, p, task="feature-extraction")]
+
+    def ceiling_rate() -> tuple[list, float]:
+        started = time.perf_counter()
+        answers = in_process()
+        return answers, len(sentences) / (time.perf_counter() - started)
+
+    in_process()  # warm-up
+    expected, before = ceiling_rate()
+    expected = np.array(expected)
+    results: dict = {"requests": BATCHING_REQUESTS, "batching_server_flags": BATCHING_FLAGS}
+    print("in-process, lists of 32:", round(before, 1), "sentences/s", flush=True)
+    servers = {
+        "batched": _batching_server(home, *BATCHING_FLAGS),
+        "unbatched": _batching_server(home, "--max-batch-size", "0"),
+    }
+    largest_difference = 0.0
+    try:
+        for clients in BATCHING_CLIENTS:
+            row = {}
+            for name, (_, url) in servers.items():
+                _clients(url, sentences[: 4 * clients], clients)  # warm-up: each client's session connected
+                answers, latencies, wall = _clients(url, sentences, clients)
+                assert_same(answers, expected, f"{name} server, {clients} clients, against in-process", tol=1e-6)
+                largest_difference = max(largest_difference, float(np.abs(np.array(answers) - expected).max()))
+                row[name] = _figures(latencies, wall)
+            results[f"clients_{clients}"] = row
+            print(clients, json.dumps(row), flush=True)
+        # One client, the two servers alternately (four rounds each), so that drift in the machine's load spreads over
+        # both: the cost of batching to a lone client.
+        lone: dict[str, list[float]] = {"batched": [], "unbatched": []}
+        for _ in range(4):
+            for name, (_, url) in servers.items():
+                lone[name] += _clients(url, sentences[: len(sentences) // 4], 1)[1]
+        p50 = {name: sorted(times)[len(times) // 2] * 1e3 for name, times in lone.items()}
+        results["one_client_p50_ms"] = {
+            **{name: round(value, 3) for name, value in p50.items()},
+            "batched_minus_unbatched": round(p50["batched"] - p50["unbatched"], 3),
+        }
+        print("1 client p50:", json.dumps(results["one_client_p50_ms"]), flush=True)
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+    after = ceiling_rate()[1]
+    ceiling = (before + after) / 2  # the ratios below use the mean of the ceiling measured before and after
+    results["in_process_batch_32"] = {"sentences_per_s": round(ceiling, 1), "before": round(before, 1)}
+    results["in_process_batch_32"]["after"] = round(after, 1)
+    for clients in BATCHING_CLIENTS:
+        for name in ("batched", "unbatched"):
+            rate = results[f"clients_{clients}"][name]["requests_per_s"]
+            results[f"clients_{clients}"][f"{name}_over_ceiling"] = round(rate / ceiling, 3)
+    results["largest_difference_from_in_process"] = largest_difference
+    print(json.dumps(results, indent=1), flush=True)
+    results["targets"] = {
+        "clients_16_at_least_half_the_ceiling": results.get("clients_16", {}).get("batched_over_ceiling", 0) >= 0.5,
+        "one_client_p50_within_1_ms": results["one_client_p50_ms"]["batched_minus_unbatched"] <= 1.0,
+    }
+    path = save(results_name("server-batching"), results)
+    print(f"written to {path}")
+
+
 if __name__ == "__main__":
-    main()
+    batching() if "--batching" in sys.argv[1:] else main()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_WAIT_MS
 from .engine import LocalInference
 from .errors import BadRequestError, InferenceError
 from .limits import Limits
@@ -21,6 +22,17 @@ def _payload(data: str) -> Any:
     if data.startswith("@"):
         return Path(data[1:]).expanduser().read_bytes()
     return data.encode("utf-8")
+
+
+def _not_negative(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" message
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--no-preload", action="store_true", help="load models on first request, not at start-up")
     serve.add_argument("--max-body-size", type=int, default=50 * 1024 * 1024, help="bytes; larger bodies are 413")
+    serve.add_argument(
+        "--max-batch-size",
+        type=_not_negative(int),
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="concurrent requests of one model, task and parameters run as one batch of at most this many "
+        f"(0 or 1: each alone; default {DEFAULT_MAX_BATCH_SIZE})",
+    )
+    serve.add_argument(
+        "--max-batch-wait-ms",
+        type=_not_negative(float),
+        default=DEFAULT_MAX_BATCH_WAIT_MS,
+        help="how long a batch may wait to fill, after its first request arrived (0: never; a lone request never "
+        f"waits; default {DEFAULT_MAX_BATCH_WAIT_MS:g})",
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -84,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":  # as the hosted API: 503 while a model loads, unless wait_for_model
             from .server import serve
 
-            engine = LocalInference(args.models, args.home, emulate_loading=True, allow_paths=False, limits=limits)
+            engine = LocalInference(
+                args.models,
+                args.home,
+                emulate_loading=True,
+                allow_paths=False,
+                limits=limits,
+                max_batch_size=args.max_batch_size,
+                max_batch_wait_ms=args.max_batch_wait_ms,
+            )
             serve(
                 engine,
                 host=args.host,

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from .batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_WAIT_MS, Batcher
 from .cache import ResultCache, cache_key
 from .errors import BadRequestError, InferenceError, ModelFailureError, ModelLoadingError
 from .limits import Limits, applied, check_structure
@@ -67,6 +70,8 @@ class LocalInference:
     `emulate_loading=True` answers 503 with `estimated_time` while a model loads in the
     background, as the hosted API did, unless the request sets `wait_for_model`; by default a
     query waits for the load. `allow_paths=False` refuses local folders given as model ids.
+    Concurrent queries of one model, task and parameters run as one batch of at most `max_batch_size` requests
+    (0 or 1: each alone), waiting at most `max_batch_wait_ms` for one another (localinfer/batching.py).
     """
 
     def __init__(
@@ -79,6 +84,8 @@ class LocalInference:
         threads: int | None = None,
         allow_paths: bool = True,
         limits: Limits | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS,
     ) -> None:
         self.models_file = Path(models_file) if models_file else default_models_file()
         self.home = Path(home) if home else default_home()
@@ -87,6 +94,7 @@ class LocalInference:
         self.emulate_loading = emulate_loading
         self.threads = threads
         self.limits = limits or Limits()
+        self.batcher = Batcher(max_batch_size, max_batch_wait_ms / 1e3)
         self._lock = threading.Lock()
         self._loads: dict[tuple, tuple[Future[LoadedModel], float, float]] = {}
         self._fingerprints: dict[Path, str] = {}
@@ -134,7 +142,7 @@ class LocalInference:
                 return self._usage(answer, handler, request.inputs, declared_seconds)
         model = self._loaded(spec, handler, kind, wait=request.options.wait_for_model)
         try:
-            result = handler.run(model, inputs, parameters)
+            result = self._run(spec, kind, handler, model, inputs, parameters)
         except InferenceError:
             raise
         except Exception as exc:
@@ -143,6 +151,20 @@ class LocalInference:
         self.cache.set(key, result)
         answer = Answer(result, handler.name, False, model.runner.compute_type, time.perf_counter() - started)
         return self._usage(answer, handler, request.inputs, declared_seconds)
+
+    def _run(
+        self, spec: ModelSpec, kind: ExportKind, handler: Task, model: LoadedModel, inputs: Any, parameters: Any
+    ) -> Any:
+        """The task's answer, batched with concurrent requests of the same model, task and parameters."""
+        if not (handler.batches and self.batcher.enabled):
+            return handler.run(model, inputs, parameters)
+        same = orjson.dumps(parameters.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        key = (spec.model_id, spec.path, spec.backend, kind, handler.name, same)
+        return self.batcher.submit(key, inputs, lambda many: handler.run_many(model, many, parameters))
+
+    def queue_depth(self, model_id: str) -> int:
+        """Requests of `model_id` waiting for a batch (behind the one that runs)."""
+        return self.batcher.queue_depth(lambda key: key[0] == model_id)
 
     def stream(self, model_id: str, payload: Any, *, task: str | None = None) -> Iterator[str]:
         """The new text of a text-generation answer, piece by piece as it is decoded (never from the cache):

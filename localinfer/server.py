@@ -71,13 +71,19 @@ def create_app(
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _registry(engine: LocalInference) -> list[dict[str, str]]:
+def _registry(engine: LocalInference) -> list[dict[str, str | int | None]]:
     listed = []
     for model_id in engine.registry.ids():
         try:
             spec, handler = engine.resolve(model_id)
             listed.append(
-                {"model_id": model_id, "task": handler.name, "backend": spec.backend, "state": engine.state(model_id)}
+                {
+                    "model_id": model_id,
+                    "task": handler.name,
+                    "backend": spec.backend,
+                    "state": engine.state(model_id),
+                    "queue_depth": engine.queue_depth(model_id),  # requests waiting for a batch
+                }
             )
         except InferenceError as exc:
             listed.append({"model_id": model_id, "task": None, "backend": None, "state": f"error: {exc.message}"})

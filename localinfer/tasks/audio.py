@@ -21,7 +21,7 @@ from ..media import audio_seconds, decode_audio
 from ..runtime import ExportKind, LoadedModel
 from ..scores import apply_function
 from ..text import read_json
-from .base import FunctionToApply, Parameters, Task, task_pipeline
+from .base import FunctionToApply, Parameters, Task, run_stacked, task_pipeline
 from .generation import generation_tokenizer
 
 
@@ -184,6 +184,7 @@ class AudioClassification(Task):
     """Audio bytes answer `[{label, score}]`, best first (5 by default)."""
 
     name = "audio-classification"
+    batches = True
     Inputs = bytes
     Parameters = ClassificationParameters
     media = "audio"
@@ -192,25 +193,37 @@ class AudioClassification(Task):
         return ExportKind("audio-classification")
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: ClassificationParameters) -> list[dict]:
+        return self.run_many(model, [inputs], parameters)[0]
+
+    def run_many(self, model: LoadedModel, inputs: list[bytes], parameters: ClassificationParameters) -> list[Any]:
         """As `AudioClassificationPipeline.postprocess`: softmax unless asked otherwise (whatever the config's
-        problem type), the `top_k` best, `top_k` capped at the number of labels."""
-        extractor, config = _preprocessors(model)
-        window = limits.current().max_unchunked_audio_seconds
-        # A raw-waveform model (wav2vec2, HuBERT) takes the whole clip in one pass; a spectrogram extractor (AST)
-        # cuts it to its own window, so any duration is bounded there.
-        one_pass = getattr(extractor, "feature_size", None) == 1
-        declared = audio_seconds(inputs) if one_pass else 0.0
-        if declared > window:  # refused from the header, before decoding
-            raise _beyond_one_pass(declared, window)
-        samples = decode_audio(inputs, extractor.sampling_rate)
-        if one_pass and samples.size > window * extractor.sampling_rate:
-            raise _beyond_one_pass(samples.size / extractor.sampling_rate, window)
-        features = _features(extractor, samples)
-        logits = model.runner.run(features, ["logits"])["logits"][0].astype(np.float32)
+        problem type), the `top_k` best, `top_k` capped at the number of labels. Clips whose features have one
+        shape (a spectrogram model's window, or raw waveforms of one length) run together, never padded: a
+        raw-waveform model without an attention mask would hear the padding."""
+        _, config = _preprocessors(model)
         function = parameters.function_to_apply or "softmax"
-        scores = apply_function(function, logits)
-        best = np.argsort(-scores, kind="stable")[: min(parameters.top_k, config.num_labels)]
-        return [{"score": float(scores[i]), "label": config.id2label[int(i)]} for i in best]
+        answers = []
+        for outputs in run_stacked(model, [_clip_features(model, data) for data in inputs], ("logits",)):
+            scores = apply_function(function, outputs["logits"][0].astype(np.float32))
+            best = np.argsort(-scores, kind="stable")[: min(parameters.top_k, config.num_labels)]
+            answers.append([{"score": float(scores[i]), "label": config.id2label[int(i)]} for i in best])
+        return answers
+
+
+def _clip_features(model: LoadedModel, data: bytes) -> dict[str, np.ndarray]:
+    """A clip's features for classification, within the one-pass bound."""
+    extractor, _ = _preprocessors(model)
+    window = limits.current().max_unchunked_audio_seconds
+    # A raw-waveform model (wav2vec2, HuBERT) takes the whole clip in one pass; a spectrogram extractor (AST)
+    # cuts it to its own window, so any duration is bounded there.
+    one_pass = getattr(extractor, "feature_size", None) == 1
+    declared = audio_seconds(data) if one_pass else 0.0
+    if declared > window:  # refused from the header, before decoding
+        raise _beyond_one_pass(declared, window)
+    samples = decode_audio(data, extractor.sampling_rate)
+    if one_pass and samples.size > window * extractor.sampling_rate:
+        raise _beyond_one_pass(samples.size / extractor.sampling_rate, window)
+    return _features(extractor, samples)
 
 
 def _beyond_one_pass(seconds: float, window: float) -> PayloadTooLargeError:

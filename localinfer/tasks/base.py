@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
 from ..errors import BadRequestError
@@ -38,6 +39,8 @@ class Task(ABC):
     Inputs: ClassVar[Any]
     Parameters: ClassVar[type[Parameters]] = Parameters
     media: ClassVar[str | None] = None  # "audio" or "image": the body is that file's bytes
+    # Whether concurrent requests' inputs may be answered by one `run_many` (dynamic batching, localinfer/batching.py).
+    batches: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._inputs = TypeAdapter(self.Inputs)
@@ -61,6 +64,42 @@ class Task(ABC):
     @abstractmethod
     def run(self, model: LoadedModel, inputs: Any, parameters: Any) -> Any:
         """The contract's JSON answer for validated inputs and parameters."""
+
+    def run_many(self, model: LoadedModel, inputs: list[Any], parameters: Any) -> list[Any]:
+        """The answers to several requests' validated inputs (same parameters), each what `run` answers it alone,
+        from one `run` over all their items. For tasks whose `run` takes a list and answers one result per item;
+        `single` says what a single (not list) input answers."""
+        lists = [given if isinstance(given, list) else [given] for given in inputs]
+        results = self.run(model, [item for items in lists for item in items], parameters)
+        answers, start = [], 0
+        for given, items in zip(inputs, lists, strict=True):
+            mine = results[start : start + len(items)]
+            start += len(items)
+            answers.append(mine if isinstance(given, list) else self.single(mine))
+        return answers
+
+    def single(self, results: list[Any]) -> Any:
+        """A single input's answer from `run`'s answer to the one-item list of it."""
+        return results[0]
+
+
+def run_stacked(
+    model: LoadedModel, feeds: list[dict[str, np.ndarray]], outputs: tuple[str, ...]
+) -> list[dict[str, np.ndarray]]:
+    """Each item's outputs (its batch axis of one kept) from runs over items stacked on the batch axis: items whose
+    arrays have equal shapes run together, BATCH_SIZE at a time, and none is padded, so each answers as alone."""
+    shapes: dict[tuple, list[int]] = {}
+    for index, item in enumerate(feeds):
+        shapes.setdefault(tuple(sorted((name, array.shape) for name, array in item.items())), []).append(index)
+    results: list[dict[str, np.ndarray]] = [{}] * len(feeds)
+    for indices in shapes.values():
+        for start in range(0, len(indices), BATCH_SIZE):
+            chunk = indices[start : start + BATCH_SIZE]
+            stacked = {name: np.concatenate([feeds[i][name] for i in chunk]) for name in feeds[chunk[0]]}
+            ran = model.runner.run(stacked, outputs)
+            for row, index in enumerate(chunk):
+                results[index] = {name: value[row : row + 1] for name, value in ran.items()}
+    return results
 
 
 def text_tokenizer(

@@ -23,6 +23,7 @@ class FeatureExtraction(Task):
     """
 
     name = "feature-extraction"
+    batches = True
     Inputs = str | Annotated[list[str], Field(min_length=1)]
 
     def export_kind(self, folder: Path) -> ExportKind:

@@ -27,6 +27,7 @@ class FillMask(Task):
     """
 
     name = "fill-mask"
+    batches = True
     Inputs = str | Annotated[list[str], Field(min_length=1)]
     Parameters = FillMaskParameters
 

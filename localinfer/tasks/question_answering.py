@@ -39,6 +39,7 @@ class QuestionAnswering(Task):
     """`{question, context}` answers `{answer, score, start, end}` (a list of them when top_k > 1)."""
 
     name = "question-answering"
+    batches = True
     Inputs = QuestionContext | Annotated[list[QuestionContext], Field(min_length=1)]
     Parameters = QuestionAnsweringParameters
 

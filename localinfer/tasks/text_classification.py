@@ -40,6 +40,7 @@ class TextClassification(Task):
     """A str (or a `{text, text_pair}`) answers `[[{label, score}, ...]]`; a list answers one inner list each."""
 
     name = "text-classification"
+    batches = True
     Inputs = str | TextPair | Annotated[list[str | TextPair], Field(min_length=1)]
     Parameters = TextClassificationParameters
 
@@ -66,3 +67,6 @@ class TextClassification(Task):
             )
             results.append(ranked[: parameters.top_k] if parameters.top_k else ranked)
         return results
+
+    def single(self, results: list[Any]) -> Any:
+        return results  # a single input answers the one-item list too

@@ -32,6 +32,7 @@ class TokenClassification(Task):
     """A str answers a list of entities; a list of strings answers one list per string."""
 
     name = "token-classification"
+    batches = True
     Inputs = str | Annotated[list[str], Field(min_length=1)]
     Parameters = TokenClassificationParameters
 

@@ -19,7 +19,7 @@ from ..media import decode_image, encode_mask
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .audio import ClassificationParameters
-from .base import Parameters, Task
+from .base import Parameters, Task, run_stacked
 
 
 def image_processor(model: LoadedModel) -> Any:
@@ -35,6 +35,12 @@ def image_processor(model: LoadedModel) -> Any:
 
 def run_image(model: LoadedModel, data: bytes, outputs: tuple[str, ...]) -> tuple[dict[str, np.ndarray], Any]:
     """Decode the image, prepare it with the image processor, run the model: its outputs and the image."""
+    feeds, image = prepare_image(model, data)
+    return model.runner.run(feeds, outputs), image
+
+
+def prepare_image(model: LoadedModel, data: bytes) -> tuple[dict[str, np.ndarray], Any]:
+    """Decode the image and prepare it with the image processor: the model's inputs (a batch of one) and the image."""
     image = decode_image(data)
     processor = image_processor(model)
     # The channel axis given, not guessed: the processors (and so the pipelines, which do not give it) take a 1x1
@@ -43,8 +49,7 @@ def run_image(model: LoadedModel, data: bytes, outputs: tuple[str, ...]) -> tupl
         features = processor(images=image, return_tensors="np", input_data_format="channels_last")
     except ValueError as exc:
         raise _cannot_prepare(processor, image.width, image.height, exc) from None
-    feeds = {name: np.asarray(value) for name, value in features.items()}
-    return model.runner.run(feeds, outputs), image
+    return {name: np.asarray(value) for name, value in features.items()}, image
 
 
 def _cannot_prepare(processor: Any, width: int, height: int, exc: ValueError) -> BadRequestError:
@@ -77,6 +82,7 @@ class ImageClassification(Task):
     """Image bytes answer `[{label, score}]`, best first (5 by default)."""
 
     name = "image-classification"
+    batches = True
     Inputs = bytes
     Parameters = ClassificationParameters
     media = "image"
@@ -85,13 +91,20 @@ class ImageClassification(Task):
         return ExportKind("image-classification")
 
     def run(self, model: LoadedModel, inputs: bytes, parameters: ClassificationParameters) -> list[dict]:
-        outputs, _ = run_image(model, inputs, ("logits",))
-        return vision_post.classify(
-            outputs["logits"][0],
-            model.config,
-            top_k=parameters.top_k,
-            function_to_apply=parameters.function_to_apply,
-        )
+        return self.run_many(model, [inputs], parameters)[0]
+
+    def run_many(self, model: LoadedModel, inputs: list[bytes], parameters: ClassificationParameters) -> list[Any]:
+        """Each image prepared alone, the model run over images prepared to one size together."""
+        feeds = [prepare_image(model, data)[0] for data in inputs]
+        return [
+            vision_post.classify(
+                outputs["logits"][0],
+                model.config,
+                top_k=parameters.top_k,
+                function_to_apply=parameters.function_to_apply,
+            )
+            for outputs in run_stacked(model, feeds, ("logits",))
+        ]
 
 
 class DetectionParameters(Parameters):

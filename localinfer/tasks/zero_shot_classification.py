@@ -51,6 +51,7 @@ class ZeroShotClassification(Task):
     """A str answers `{sequence, labels, scores}`, labels best first; a list answers one per string."""
 
     name = "zero-shot-classification"
+    batches = True
     Inputs = str | Annotated[list[str], Field(min_length=1)]
     Parameters = ZeroShotParameters
 
