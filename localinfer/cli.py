@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 preload=not args.no_preload,
             )
             return 0
-        engine = LocalInference(args.models, args.home, limits=limits)
+        batching = {"max_batch_size": args.batch_size} if args.command == "map" else {}  # the job's batches
+        engine = LocalInference(args.models, args.home, limits=limits, **batching)
         if args.command == "map":
             print(json.dumps(_map(args, engine)))
         elif args.command == "query":

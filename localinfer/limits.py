@@ -55,24 +55,42 @@ def applied(limits: Limits) -> Iterator[None]:
         _current.reset(token)
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def check_structure(value: Any, where: str, limits: Limits) -> None:
-    """Nesting depth and list lengths of a JSON-like value, walked without recursion."""
-    stack = [(value, 1)]
+    """Nesting depth and list lengths of a JSON-like value, walked without recursion; an error names the field
+    (`parameters.ignore_labels`, `inputs[2]`)."""
+    stack: list[tuple[Any, int, Any]] = [(value, 1, None)]  # (item, depth, (parent's path, key)) linked
     while stack:
-        item, depth = stack.pop()
+        item, depth, path = stack.pop()
         if depth > limits.max_json_depth:
             raise BadRequestError(
-                f"{where}: nested deeper than {limits.max_json_depth} levels ({Limits.setting('max_json_depth')})"
+                f"{_field(where, path)}: nested deeper than {limits.max_json_depth} levels "
+                f"({Limits.setting('max_json_depth')})"
             )
         if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
+            children: Any = item.items()
         elif isinstance(item, (list, tuple)):
             if len(item) > limits.max_list_items:
                 raise BadRequestError(
-                    f"{where}: a list of {len(item)} items; the limit is {limits.max_list_items} "
+                    f"{_field(where, path)}: a list of {len(item)} items; the limit is {limits.max_list_items} "
                     f"({Limits.setting('max_list_items')})"
                 )
-            stack.extend((v, depth + 1) for v in item)
+            children = enumerate(item)
+        else:
+            continue
+        deepest = depth + 1 > limits.max_json_depth  # then a scalar child is too deep as well
+        stack.extend((v, depth + 1, (path, k)) for k, v in children if deepest or isinstance(v, _CONTAINERS))
+
+
+def _field(where: str, path: Any) -> str:
+    """`where` and the keys (`.name`) and indices (`[3]`) of the linked `path` below it."""
+    keys = []
+    while path is not None:
+        path, key = path
+        keys.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return where + "".join(reversed(keys))
 
 
 def image_too_large(width: int, height: int) -> BadRequestError | None:

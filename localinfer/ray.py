@@ -75,7 +75,7 @@ class Predictor:
         batch_size: int = 32,
     ) -> None:
         self.model_id, self.task, self.parameters, self.batch_size = model_id, task, parameters, batch_size
-        self.engine = _engine(models, home, threads)
+        self.engine = _engine(models, home, threads, max_batch_size=batch_size)
         self.engine.preload(model_id, task=task)
 
     def lines(self, rows: list[Any]) -> list[bytes]:

@@ -93,12 +93,12 @@ def _registry(engine: LocalInference) -> list[dict[str, str | int | None]]:
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
+        raise PayloadTooLargeError(f"request body is larger than {limit} bytes (--max-body-size)")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
+            raise PayloadTooLargeError(f"request body is larger than {limit} bytes (--max-body-size)")
         chunks.append(chunk)
     return b"".join(chunks)
 

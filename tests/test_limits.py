@@ -328,8 +328,12 @@ def test_extreme_images_answer_as_the_pipeline_told_the_channels(image_models, t
     ("model", "payload", "where"),
     [
         (CLASSIFIER, {"inputs": ["a"] * 10_000}, "inputs"),
-        ("tiny/bert-nli", {"inputs": "a", "parameters": {"candidate_labels": ["x"] * 10_000}}, "parameters"),
-        ("tiny/st-cls", {"inputs": {"source_sentence": "a", "sentences": ["b"] * 10_000}}, "inputs"),
+        (
+            "tiny/bert-nli",
+            {"inputs": "a", "parameters": {"candidate_labels": ["x"] * 10_000}},
+            "parameters.candidate_labels",
+        ),
+        ("tiny/st-cls", {"inputs": {"source_sentence": "a", "sentences": ["b"] * 10_000}}, "inputs.sentences"),
     ],
 )
 def test_a_10000_item_list_is_400_naming_the_limit(engine, model, payload, where):
@@ -338,3 +342,34 @@ def test_a_10000_item_list_is_400_naming_the_limit(engine, model, payload, where
     assert info.value.body == {
         "error": f"{where}: a list of 10000 items; the limit is 1024 (Limits(max_list_items=...), --max-list-items)"
     }
+
+
+def test_relative_position_generation_model_without_a_window_reads_512_tokens(tiny, home, tmp_path):
+    """A T5-like model whose tokenizer and config name no window (relative positions) reads DEFAULT_WINDOW (512)
+    tokens of a long input (without a bound, 20000 words outgrew a 4 GB device), and answers it as a copy told
+    `model_max_length: 512` does."""
+    import shutil
+
+    from localinfer.tasks.generation import DEFAULT_WINDOW, generation_tokenizer
+
+    def copy(name: str, max_length: int | None) -> str:
+        folder = shutil.copytree(tiny["t5"], tmp_path / name)
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        settings.pop("model_max_length", None)
+        if max_length:
+            settings["model_max_length"] = max_length
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+        return str(folder)
+
+    (tmp_path / "models.toml").write_text("")
+    engine = LocalInference(tmp_path / "models.toml", home)
+    unbounded, told = copy("t5-no-window", None), copy("t5-512", DEFAULT_WINDOW)
+    text = " ".join(["Paris is a city. The tower is tall, that is a happy person."] * 600)
+    task = "text2text-generation"
+    model = engine.preload(unbounded, task=task)
+    tokenizer = generation_tokenizer(model)
+    assert tokenizer.model_max_length > 1e29 and "n_positions" not in model.config  # it names no window
+    handler = engine.resolve(unbounded, task)[1]
+    encoded = handler.encode(model, tokenizer, task, text, "", None, None)
+    assert encoded["input_ids"].shape == (1, DEFAULT_WINDOW)
+    assert engine.query(unbounded, {"inputs": text}, task=task) == engine.query(told, {"inputs": text}, task=task)

@@ -75,7 +75,8 @@ BEYOND = {
         "tiny/distilbert-sentiment",
         _json({"inputs": "hi", "parameters": {"top_k": _deep(20)}}),
         400,
-        r"parameters: nested deeper than 8 levels (Limits(max_json_depth=...), --max-json-depth)",
+        "parameters.top_k[0][0][0][0][0][0][0]: nested deeper than 8 levels "
+        "(Limits(max_json_depth=...), --max-json-depth)",
     ),
     "json depth beyond the parser": (
         "tiny/distilbert-sentiment",
@@ -93,7 +94,7 @@ BEYOND = {
         "tiny/bert-ner",
         _json({"inputs": "a", "parameters": {"ignore_labels": ["O", "X", "Y", "Z"]}}),
         400,
-        "parameters: a list of 4 items; the limit is 3 (Limits(max_list_items=...), --max-list-items)",
+        "parameters.ignore_labels: a list of 4 items; the limit is 3 (Limits(max_list_items=...), --max-list-items)",
     ),
     "image pixels": (
         "tiny/vit",
@@ -159,7 +160,7 @@ def test_body_size_without_a_declared_length_is_413(server):
 
     response = requests.post(f"{server}/models/tiny/vit", data=chunks(), headers=WAIT, timeout=120)
     assert response.status_code == 413
-    assert response.json() == {"error": f"request body is larger than {MAX_BODY} bytes"}
+    assert response.json() == {"error": f"request body is larger than {MAX_BODY} bytes (--max-body-size)"}
 
 
 def test_within_each_bound_answers(server, engine):
