@@ -200,17 +200,30 @@ def handle(
         )
     if token is not None and not authorized(headers, token):
         return error_response(401, UNAUTHORIZED["error"], code="invalid_api_key")
+    if target.kind == "models":
+        return json_response(models(engine))
     try:
-        if target.kind == "models":
-            return json_response(models(engine))
-        if target.kind == "embeddings":
-            return embeddings(engine, body)
-        return chat_completions(engine, target.model_id, body)
+        response = (
+            embeddings(engine, body) if target.kind == "embeddings" else chat_completions(engine, target.model_id, body)
+        )
     except InferenceError as exc:
-        return from_inference_error(exc)
+        response = from_inference_error(exc)
     except Exception:  # never a traceback to the client
         log.exception("unexpected failure on the %s route", target.kind)
-        return error_response(500, "unknown error")
+        response = error_response(500, "unknown error")
+    if response.model_id is None:  # an error: which model was asked, for the interceptor's record of calls
+        response.model_id = target.model_id or _asked_model(body)
+        response.task = "feature-extraction" if target.kind == "embeddings" else "text-generation"
+    return response
+
+
+def _asked_model(body: bytes) -> str | None:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def models(engine: LocalInference) -> dict[str, Any]:

@@ -17,9 +17,12 @@ proxies included). Both answer
   model for its task (`pipeline_tag`, `tags`, `inferenceProviderMapping`), and 404 for a model it does not know;
 
 with the same status codes, headers and bodies as `localinfer serve` (both answer through `localinfer.http`).
-`/v1/chat/completions` (router.huggingface.co's, and the one `InferenceClient.chat_completion` builds under
-`/hf-inference/models/{id}/`) goes to the same handler, which answers what the server answers today: a 404 JSON
-error. Any other URL raises `NetworkRefusedError` naming it: no connection is ever opened.
+`/v1/chat/completions` (router.huggingface.co's, with the model in the body, and the one
+`InferenceClient.chat_completion` builds under `/hf-inference/models/{id}/`) goes to the same handler, which answers
+the chat completion as the server does (localinfer/openai_api.py). A streamed answer (`"stream": true`: TGI's
+events, chat completion chunks) is a response body that computes each chunk as the client reads it, so
+`iter_lines()` sees the events arrive one by one. Any other URL raises `NetworkRefusedError` naming it: no
+connection is ever opened.
 
 HF_HUB_OFFLINE: localinfer sets it on import, and with it huggingface_hub mounts an `OfflineAdapter` on the sessions
 it builds, which raises `OfflineModeIsEnabled` for every request (huggingface_hub/utils/_http.py); that adapter is
@@ -41,6 +44,7 @@ import io
 import re
 import sys
 import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,9 +113,14 @@ class LocalInferenceAdapter(BaseAdapter):
 
     def send(self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any) -> requests.Response:
         answer = self.interceptor.respond(request.method or "GET", request.url or "", request.headers, _body(request))
+        if answer.stream is not None:  # no content-length: read to the end, each chunk computed as it is read
+            body: io.IOBase = io.BufferedReader(_ChunkReader(answer.stream))
+            headers = answer.headers
+        else:
+            body, headers = io.BytesIO(answer.body), {**answer.headers, "content-length": str(len(answer.body))}
         raw = HTTPResponse(
-            body=io.BytesIO(answer.body),
-            headers={**answer.headers, "content-length": str(len(answer.body))},
+            body=body,
+            headers=headers,
             status=answer.status,
             reason=std_http.HTTPStatus(answer.status).phrase,
             preload_content=False,
@@ -123,6 +132,34 @@ class LocalInferenceAdapter(BaseAdapter):
 
     def close(self) -> None:
         pass
+
+
+class _ChunkReader(io.RawIOBase):
+    """A streamed answer's chunks as a readable file (what urllib3's HTTPResponse reads); closing it closes them."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()
 
 
 def _body(request: requests.PreparedRequest) -> bytes:
@@ -159,12 +196,24 @@ if httpx is not None:
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             body = await request.aread()
             return _httpx_response(
-                self.interceptor.respond(request.method, str(request.url), request.headers, body), request
+                self.interceptor.respond(request.method, str(request.url), request.headers, body),
+                request,
+                asynchronous=True,
             )
 
-    def _httpx_response(answer: http.HttpResponse, request: httpx.Request) -> httpx.Response:
-        # content= sets content-length; the body is sent as is (no content-encoding)
-        return httpx.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
+    def _httpx_response(
+        answer: http.HttpResponse, request: httpx.Request, *, asynchronous: bool = False
+    ) -> httpx.Response:
+        # content= sets content-length; the body is sent as is (no content-encoding). A streamed answer is an
+        # iterator that computes each chunk as the client reads it.
+        content: Any = answer.body
+        if answer.stream is not None:
+            content = _async_chunks(answer.stream) if asynchronous else answer.stream
+        return httpx.Response(answer.status, headers=answer.headers, content=content, request=request)
+
+    async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+        for chunk in chunks:  # computed inline, on the event loop's thread, as the interceptor answers async clients
+            yield chunk
 
 
 class Interceptor(contextlib.ContextDecorator):
