@@ -42,6 +42,8 @@ log = logging.getLogger("localinfer.server")
 
 _CHAT = re.compile(r"^(?:/models/(?P<model_id>.+))?/v1/chat/completions$")
 FINGERPRINT = f"localinfer-{__version__}"
+# pydantic names the member of a union in an error's location (payload.py's rule): not a field of the request.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|[A-Z]\w*|.*\[.*\])$")
 # OpenAI's error `type` for each status the engine answers.
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -176,7 +178,7 @@ def _validated(model: type[BaseModel], body: bytes) -> BaseModel | HttpResponse:
         return model.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]["loc"]
-        param = ".".join(str(p) for p in first if not (isinstance(p, str) and p[:1].isupper() or "[" in str(p)))
+        param = ".".join(str(p) for p in first if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
         return error_response(400, format_validation_error(exc, "").lstrip("."), param=param or None)
 
 
