@@ -560,3 +560,30 @@ def test_text_generation_streams_in_process(local, fresh, no_socket):
         pieces = list(InferenceClient(model="tiny/gpt2").text_generation("Today", stream=True, **parameters))
     assert "".join(pieces) == expected[0]["generated_text"] and len(pieces) > 1
     assert [(c.model, c.task, c.status) for c in api.calls] == [("tiny/gpt2", "text-generation", 200)]
+
+
+@pytest.mark.parametrize("library", ["requests", "httpx"])
+def test_a_streamed_body_is_computed_as_it_is_read(local, no_socket, monkeypatch, library):
+    """Reading the first event and closing the response stops the generation: nothing is computed ahead."""
+    from localinfer.decoding import models
+
+    original, steps = models.step_model, []
+
+    def counting(*args, **kwargs):
+        model = original(*args, **kwargs)
+        step = model.step
+        model.step = lambda tokens: steps.append(1) or step(tokens)
+        return model
+
+    monkeypatch.setattr(models, "step_model", counting)
+    url = f"{API}/models/tiny/gpt2-long"
+    payload = {"inputs": "Today", "stream": True, "parameters": {"max_new_tokens": 250, "do_sample": False}}
+    with intercept(local):
+        if library == "requests":
+            with requests.post(url, json=payload, stream=True, timeout=60) as response:
+                first = next(response.iter_lines())
+        else:
+            with httpx.Client() as client, client.stream("POST", url, json=payload) as response:
+                first = next(response.iter_lines())
+    assert first.startswith(b"data:" if library == "requests" else "data:")
+    assert 0 < len(steps) < 50  # the full answer is 250 tokens (tests/test_tgi.py: test_the_full_answer_is_long)
