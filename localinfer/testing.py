@@ -31,6 +31,10 @@ mounted adapter, so the hosted API's calls are answered while the switch stays s
 refused (by `NetworkRefusedError`, itself an `OfflineModeIsEnabled`, so libraries that fall back to their local
 cache on offline mode keep doing so). Nothing is changed in the environment or in huggingface_hub's constants.
 
+httpx2 (the fork the `openai` package 3.x sends through) is covered in the same way where it is installed, so
+`openai.OpenAI(base_url="https://router.huggingface.co/v1").chat.completions.create(...)` is answered too, and any
+other URL it asks for is refused before a name is looked up.
+
 httpx is optional: localinfer does not depend on it (nor does huggingface_hub 0.x's InferenceClient), and it is
 patched only if it is importable. An async client's request is answered inline, on the event loop's thread, as the
 engine computes it: no thread, no socket.
@@ -65,6 +69,10 @@ try:
     import httpx
 except ImportError:  # optional: only an installed httpx has clients to answer
     httpx = None
+try:
+    import httpx2
+except ImportError:  # optional: the openai package's HTTP library
+    httpx2 = None
 
 INFERENCE_HOSTS = frozenset({"api-inference.huggingface.co", urlsplit(hub_constants.INFERENCE_ENDPOINT).hostname})
 ROUTER_HOST = urlsplit(hub_constants.INFERENCE_PROXY_TEMPLATE).hostname  # router.huggingface.co
@@ -211,9 +219,40 @@ if httpx is not None:
             content = _async_chunks(answer.stream) if asynchronous else answer.stream
         return httpx.Response(answer.status, headers=answer.headers, content=content, request=request)
 
-    async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-        for chunk in chunks:  # computed inline, on the event loop's thread, as the interceptor answers async clients
-            yield chunk
+
+if httpx2 is not None:
+
+    class Httpx2Transport(httpx2.BaseTransport):
+        """The httpx2 transport that answers from an `Interceptor` (the openai package's sync client)."""
+
+        def __init__(self, interceptor: Interceptor) -> None:
+            self.interceptor = interceptor
+
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            answer = self.interceptor.respond(request.method, str(request.url), request.headers, request.read())
+            return _httpx2_response(answer, request, asynchronous=False)
+
+    class AsyncHttpx2Transport(httpx2.AsyncBaseTransport):
+        """The same for `httpx2.AsyncClient` (the openai package's async client), answered inline."""
+
+        def __init__(self, interceptor: Interceptor) -> None:
+            self.interceptor = interceptor
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            body = await request.aread()
+            answer = self.interceptor.respond(request.method, str(request.url), request.headers, body)
+            return _httpx2_response(answer, request, asynchronous=True)
+
+    def _httpx2_response(answer: http.HttpResponse, request: httpx2.Request, *, asynchronous: bool) -> httpx2.Response:
+        content: Any = answer.body
+        if answer.stream is not None:
+            content = _async_chunks(answer.stream) if asynchronous else answer.stream
+        return httpx2.Response(answer.status, headers=answer.headers, content=content, request=request)
+
+
+async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:  # computed inline, on the event loop's thread, as the interceptor answers async clients
+        yield chunk
 
 
 class Interceptor(contextlib.ContextDecorator):
@@ -226,6 +265,9 @@ class Interceptor(contextlib.ContextDecorator):
         if httpx is not None:
             self.transport = LocalInferenceTransport(self)
             self.async_transport = AsyncLocalInferenceTransport(self)
+        if httpx2 is not None:
+            self.transport2 = Httpx2Transport(self)
+            self.async_transport2 = AsyncHttpx2Transport(self)
         self.calls: list[Call] = []
         self.refused: list[str] = []
 
@@ -309,6 +351,8 @@ _original_get_adapter = requests.Session.get_adapter
 if httpx is not None:
     _original_transport_for_url = httpx.Client._transport_for_url
     _original_async_transport_for_url = httpx.AsyncClient._transport_for_url
+if httpx2 is not None:
+    _httpx2_originals = (httpx2.Client._transport_for_url, httpx2.AsyncClient._transport_for_url)
 
 
 def _get_adapter(session: requests.Session, url: str) -> BaseAdapter:
@@ -332,6 +376,20 @@ def _async_transport_for_url(client: Any, url: Any) -> Any:
         return _original_async_transport_for_url(client, url)
 
 
+def _transport2_for_url(client: Any, url: Any) -> Any:
+    try:
+        return _active[-1].transport2
+    except IndexError:
+        return _httpx2_originals[0](client, url)
+
+
+def _async_transport2_for_url(client: Any, url: Any) -> Any:
+    try:
+        return _active[-1].async_transport2
+    except IndexError:
+        return _httpx2_originals[1](client, url)
+
+
 def _install(interceptor: Interceptor) -> None:
     with _lock:
         _active.append(interceptor)
@@ -339,6 +397,9 @@ def _install(interceptor: Interceptor) -> None:
         if httpx is not None:
             httpx.Client._transport_for_url = _transport_for_url  # type: ignore[method-assign]
             httpx.AsyncClient._transport_for_url = _async_transport_for_url  # type: ignore[method-assign]
+        if httpx2 is not None:
+            httpx2.Client._transport_for_url = _transport2_for_url  # type: ignore[method-assign]
+            httpx2.AsyncClient._transport_for_url = _async_transport2_for_url  # type: ignore[method-assign]
         _clear_hub_memos()
 
 
@@ -353,6 +414,8 @@ def _uninstall(interceptor: Interceptor) -> None:
             if httpx is not None:
                 httpx.Client._transport_for_url = _original_transport_for_url  # type: ignore[method-assign]
                 httpx.AsyncClient._transport_for_url = _original_async_transport_for_url  # type: ignore[method-assign]
+            if httpx2 is not None:
+                httpx2.Client._transport_for_url, httpx2.AsyncClient._transport_for_url = _httpx2_originals
         _clear_hub_memos()
 
 
@@ -366,3 +429,5 @@ def _clear_hub_memos() -> None:
 __all__ = ["Call", "Interceptor", "LocalInferenceAdapter", "NetworkRefusedError", "intercept"]
 if httpx is not None:
     __all__ += ["AsyncLocalInferenceTransport", "LocalInferenceTransport"]
+if httpx2 is not None:
+    __all__ += ["AsyncHttpx2Transport", "Httpx2Transport"]

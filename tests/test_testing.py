@@ -587,3 +587,30 @@ def test_a_streamed_body_is_computed_as_it_is_read(local, no_socket, monkeypatch
                 first = next(response.iter_lines())
     assert first.startswith(b"data:" if library == "requests" else "data:")
     assert 0 < len(steps) < 50  # the full answer is 250 tokens (tests/test_tgi.py: test_the_full_answer_is_long)
+
+
+def test_the_openai_package_is_answered_in_process(local, fresh, no_socket):
+    """openai 3.x sends through httpx2: its chat completions reach the router's route in-process, streamed and not,
+    sync and async, and any other URL is refused before a name is looked up."""
+    import openai
+
+    expected = _in_process_reply(fresh, 5)
+    body = {"model": CHAT, "messages": CHAT_MESSAGES, "max_tokens": 5, "temperature": 0}
+    base = "https://router.huggingface.co/v1"
+
+    async def ask_async() -> str:
+        async with openai.AsyncOpenAI(base_url=base, api_key="hf_x", max_retries=0) as client:
+            stream = await client.chat.completions.create(**body, stream=True)
+            return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+
+    with intercept(local) as api:
+        client = openai.OpenAI(base_url=base, api_key="hf_x", max_retries=0)
+        created = client.chat.completions.create(**body)
+        streamed = "".join(
+            c.choices[0].delta.content or "" for c in client.chat.completions.create(**body, stream=True)
+        )
+        by_async = asyncio.run(ask_async())
+        with pytest.raises(NetworkRefusedError, match="api.openai.com"):  # loudly, not as a connection error
+            openai.OpenAI(api_key="sk-x", max_retries=0).models.list()
+    assert created.choices[0].message.content == streamed == by_async == expected
+    assert api.refused == ["https://api.openai.com/v1/models"] and [c.status for c in api.calls] == [200, 200, 200]
