@@ -1,7 +1,9 @@
 """The hosted Inference API's HTTP surface, free of any web framework: an HTTP request (method, path, headers,
 body bytes) becomes an engine call, and the engine's answer (or its InferenceError) becomes the status, headers and
 body the hosted API answers. `localinfer serve` (server.py) and the in-process interceptor (testing.py) both answer
-through `handle`, so they cannot drift apart."""
+through `handle`, so they cannot drift apart. `handle` also dispatches the OpenAI-compatible routes (`/v1/...`,
+openai_api.py) and TGI's streamed text generation (`"stream": true`, tgi.py): a streamed answer is an
+`HttpResponse` whose `stream` is an iterator of byte chunks (server-sent events), sent as it is iterated."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +34,15 @@ OPTION_HEADERS = (("use_cache", "x-use-cache"), ("wait_for_model", "x-wait-for-m
 
 @dataclass
 class HttpResponse:
-    """What to send back. `model_id` and `task` say which engine call answered (None where none did)."""
+    """What to send back. `model_id` and `task` say which engine call answered (None where none did). `stream`, when
+    set, is the body instead of `body`: chunks computed as they are iterated (closing it stops the computation)."""
 
     status: int
     headers: dict[str, str]
     body: bytes
     model_id: str | None = None
     task: str | None = None
+    stream: Iterator[bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,29 @@ def route(path: str) -> Route | None:
         if match:
             return Route(match["model_id"], match.groupdict().get("task"))
     return None
+
+
+def is_api_path(path: str) -> bool:
+    """Whether `path` is an inference route or an OpenAI-compatible one (those take the token)."""
+    from . import openai_api
+
+    return route(path) is not None or openai_api.route(path) is not None
+
+
+def unauthorized(path: str) -> HttpResponse:
+    """The 401 of a request without the server's token, in the error shape of the route `path` names."""
+    from . import openai_api
+
+    if openai_api.route(path) is not None:
+        return openai_api.error_response(401, UNAUTHORIZED["error"], code="invalid_api_key")
+    return json_response(UNAUTHORIZED, 401)
+
+
+def error_for_path(path: str, exc: InferenceError) -> HttpResponse:
+    """An error raised before `handle` (a body over the limit), in the error shape of the route `path` names."""
+    from . import openai_api
+
+    return openai_api.from_inference_error(exc) if openai_api.route(path) is not None else error_response(exc)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -118,8 +145,14 @@ def handle(
 ) -> HttpResponse:
     """Answer one request to an inference route as the hosted API does. Never raises: an unexpected failure is a
     500 without a traceback (the log has it). `path` is percent-decoded; `token`, when given, is required."""
+    # the OpenAI-compatible routes and TGI's stream import this module (HttpResponse): imported here, not above
+    from . import openai_api, tgi
+
     started = time.perf_counter() if started is None else started
     headers = {k.lower(): v for k, v in headers.items()}
+    openai_target = openai_api.route(path)
+    if openai_target is not None:
+        return openai_api.handle(engine, method, openai_target, headers, body, token=token)
     target = route(path)
     if target is None:
         return json_response({"error": f"no inference route at {method} {path}"}, 404)
@@ -130,6 +163,11 @@ def handle(
     if token is not None and not authorized(headers, token):
         return json_response(UNAUTHORIZED, 401)
     try:
+        if tgi.wants_stream(body):
+            stream = tgi.open_stream(engine, target.model_id, body, task=target.task)
+            response = HttpResponse(200, {"content-type": "text/event-stream", "cache-control": "no-cache"}, b"")
+            response.stream, response.model_id, response.task = stream, target.model_id, "text-generation"
+            return response
         answer = engine.answer(target.model_id, body, task=target.task, options=options_from_headers(headers))
     except InferenceError as exc:
         response = error_response(exc)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from . import http
@@ -24,7 +24,22 @@ DEFAULT_MAX_BODY = 50 * 1024 * 1024
 
 
 def _response(answer: HttpResponse) -> Response:
+    if answer.stream is not None:
+        return StreamingResponse(_in_threads(answer.stream), status_code=answer.status, headers=answer.headers)
     return Response(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+async def _in_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A streamed body computed chunk by chunk in worker threads, never on the event loop. A client that disconnects
+    cancels the response (starlette's StreamingResponse listens for it); the thread finishes its chunk (anyio waits
+    for it), and the iterator is closed: no further token is computed."""
+    try:
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def create_app(
@@ -35,12 +50,12 @@ def create_app(
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
         path = "/" + request.path_params["path"]
-        if token is not None and http.route(path) is not None and not http.authorized(request.headers, token):
-            return _response(http.json_response(http.UNAUTHORIZED, 401))  # before reading a stranger's body
+        if token is not None and http.is_api_path(path) and not http.authorized(request.headers, token):
+            return _response(http.unauthorized(path))  # before reading a stranger's body
         try:
             body = await _read_body(request, max_body_bytes)
         except PayloadTooLargeError as exc:
-            return _response(http.error_response(exc))
+            return _response(http.error_for_path(path, exc))
         answer = await run_in_threadpool(
             http.handle, engine, request.method, path, request.headers, body, token=token, started=started
         )

@@ -17,9 +17,12 @@ proxies included). Both answer
   model for its task (`pipeline_tag`, `tags`, `inferenceProviderMapping`), and 404 for a model it does not know;
 
 with the same status codes, headers and bodies as `localinfer serve` (both answer through `localinfer.http`).
-`/v1/chat/completions` (router.huggingface.co's, and the one `InferenceClient.chat_completion` builds under
-`/hf-inference/models/{id}/`) goes to the same handler, which answers what the server answers today: a 404 JSON
-error. Any other URL raises `NetworkRefusedError` naming it: no connection is ever opened.
+`/v1/chat/completions` (router.huggingface.co's, with the model in the body, and the one
+`InferenceClient.chat_completion` builds under `/hf-inference/models/{id}/`) goes to the same handler, which answers
+the chat completion as the server does (localinfer/openai_api.py). A streamed answer (`"stream": true`: TGI's
+events, chat completion chunks) is a response body that computes each chunk as the client reads it, so
+`iter_lines()` sees the events arrive one by one. Any other URL raises `NetworkRefusedError` naming it: no
+connection is ever opened.
 
 HF_HUB_OFFLINE: localinfer sets it on import, and with it huggingface_hub mounts an `OfflineAdapter` on the sessions
 it builds, which raises `OfflineModeIsEnabled` for every request (huggingface_hub/utils/_http.py); that adapter is
@@ -27,6 +30,10 @@ the only thing in the client's path that reads the switch. The interceptor's `ge
 mounted adapter, so the hosted API's calls are answered while the switch stays set, and every other URL is still
 refused (by `NetworkRefusedError`, itself an `OfflineModeIsEnabled`, so libraries that fall back to their local
 cache on offline mode keep doing so). Nothing is changed in the environment or in huggingface_hub's constants.
+
+httpx2 (the fork the `openai` package 3.x sends through) is covered in the same way where it is installed, so
+`openai.OpenAI(base_url="https://router.huggingface.co/v1").chat.completions.create(...)` is answered too, and any
+other URL it asks for is refused before a name is looked up.
 
 httpx is optional: localinfer does not depend on it (nor does huggingface_hub 0.x's InferenceClient), and it is
 patched only if it is importable. An async client's request is answered inline, on the event loop's thread, as the
@@ -41,6 +48,7 @@ import io
 import re
 import sys
 import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +69,10 @@ try:
     import httpx
 except ImportError:  # optional: only an installed httpx has clients to answer
     httpx = None
+try:
+    import httpx2
+except ImportError:  # optional: the openai package's HTTP library
+    httpx2 = None
 
 INFERENCE_HOSTS = frozenset({"api-inference.huggingface.co", urlsplit(hub_constants.INFERENCE_ENDPOINT).hostname})
 ROUTER_HOST = urlsplit(hub_constants.INFERENCE_PROXY_TEMPLATE).hostname  # router.huggingface.co
@@ -109,9 +121,14 @@ class LocalInferenceAdapter(BaseAdapter):
 
     def send(self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any) -> requests.Response:
         answer = self.interceptor.respond(request.method or "GET", request.url or "", request.headers, _body(request))
+        if answer.stream is not None:  # no content-length: read to the end, each chunk computed as it is read
+            body: io.IOBase = io.BufferedReader(_ChunkReader(answer.stream))
+            headers = answer.headers
+        else:
+            body, headers = io.BytesIO(answer.body), {**answer.headers, "content-length": str(len(answer.body))}
         raw = HTTPResponse(
-            body=io.BytesIO(answer.body),
-            headers={**answer.headers, "content-length": str(len(answer.body))},
+            body=body,
+            headers=headers,
             status=answer.status,
             reason=std_http.HTTPStatus(answer.status).phrase,
             preload_content=False,
@@ -123,6 +140,34 @@ class LocalInferenceAdapter(BaseAdapter):
 
     def close(self) -> None:
         pass
+
+
+class _ChunkReader(io.RawIOBase):
+    """A streamed answer's chunks as a readable file (what urllib3's HTTPResponse reads); closing it closes them."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()
 
 
 def _body(request: requests.PreparedRequest) -> bytes:
@@ -159,12 +204,55 @@ if httpx is not None:
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             body = await request.aread()
             return _httpx_response(
-                self.interceptor.respond(request.method, str(request.url), request.headers, body), request
+                self.interceptor.respond(request.method, str(request.url), request.headers, body),
+                request,
+                asynchronous=True,
             )
 
-    def _httpx_response(answer: http.HttpResponse, request: httpx.Request) -> httpx.Response:
-        # content= sets content-length; the body is sent as is (no content-encoding)
-        return httpx.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
+    def _httpx_response(
+        answer: http.HttpResponse, request: httpx.Request, *, asynchronous: bool = False
+    ) -> httpx.Response:
+        # content= sets content-length; the body is sent as is (no content-encoding). A streamed answer is an
+        # iterator that computes each chunk as the client reads it.
+        content: Any = answer.body
+        if answer.stream is not None:
+            content = _async_chunks(answer.stream) if asynchronous else answer.stream
+        return httpx.Response(answer.status, headers=answer.headers, content=content, request=request)
+
+
+if httpx2 is not None:
+
+    class Httpx2Transport(httpx2.BaseTransport):
+        """The httpx2 transport that answers from an `Interceptor` (the openai package's sync client)."""
+
+        def __init__(self, interceptor: Interceptor) -> None:
+            self.interceptor = interceptor
+
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            answer = self.interceptor.respond(request.method, str(request.url), request.headers, request.read())
+            return _httpx2_response(answer, request, asynchronous=False)
+
+    class AsyncHttpx2Transport(httpx2.AsyncBaseTransport):
+        """The same for `httpx2.AsyncClient` (the openai package's async client), answered inline."""
+
+        def __init__(self, interceptor: Interceptor) -> None:
+            self.interceptor = interceptor
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            body = await request.aread()
+            answer = self.interceptor.respond(request.method, str(request.url), request.headers, body)
+            return _httpx2_response(answer, request, asynchronous=True)
+
+    def _httpx2_response(answer: http.HttpResponse, request: httpx2.Request, *, asynchronous: bool) -> httpx2.Response:
+        content: Any = answer.body
+        if answer.stream is not None:
+            content = _async_chunks(answer.stream) if asynchronous else answer.stream
+        return httpx2.Response(answer.status, headers=answer.headers, content=content, request=request)
+
+
+async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:  # computed inline, on the event loop's thread, as the interceptor answers async clients
+        yield chunk
 
 
 class Interceptor(contextlib.ContextDecorator):
@@ -177,6 +265,9 @@ class Interceptor(contextlib.ContextDecorator):
         if httpx is not None:
             self.transport = LocalInferenceTransport(self)
             self.async_transport = AsyncLocalInferenceTransport(self)
+        if httpx2 is not None:
+            self.transport2 = Httpx2Transport(self)
+            self.async_transport2 = AsyncHttpx2Transport(self)
         self.calls: list[Call] = []
         self.refused: list[str] = []
 
@@ -260,6 +351,8 @@ _original_get_adapter = requests.Session.get_adapter
 if httpx is not None:
     _original_transport_for_url = httpx.Client._transport_for_url
     _original_async_transport_for_url = httpx.AsyncClient._transport_for_url
+if httpx2 is not None:
+    _httpx2_originals = (httpx2.Client._transport_for_url, httpx2.AsyncClient._transport_for_url)
 
 
 def _get_adapter(session: requests.Session, url: str) -> BaseAdapter:
@@ -283,6 +376,20 @@ def _async_transport_for_url(client: Any, url: Any) -> Any:
         return _original_async_transport_for_url(client, url)
 
 
+def _transport2_for_url(client: Any, url: Any) -> Any:
+    try:
+        return _active[-1].transport2
+    except IndexError:
+        return _httpx2_originals[0](client, url)
+
+
+def _async_transport2_for_url(client: Any, url: Any) -> Any:
+    try:
+        return _active[-1].async_transport2
+    except IndexError:
+        return _httpx2_originals[1](client, url)
+
+
 def _install(interceptor: Interceptor) -> None:
     with _lock:
         _active.append(interceptor)
@@ -290,6 +397,9 @@ def _install(interceptor: Interceptor) -> None:
         if httpx is not None:
             httpx.Client._transport_for_url = _transport_for_url  # type: ignore[method-assign]
             httpx.AsyncClient._transport_for_url = _async_transport_for_url  # type: ignore[method-assign]
+        if httpx2 is not None:
+            httpx2.Client._transport_for_url = _transport2_for_url  # type: ignore[method-assign]
+            httpx2.AsyncClient._transport_for_url = _async_transport2_for_url  # type: ignore[method-assign]
         _clear_hub_memos()
 
 
@@ -304,6 +414,8 @@ def _uninstall(interceptor: Interceptor) -> None:
             if httpx is not None:
                 httpx.Client._transport_for_url = _original_transport_for_url  # type: ignore[method-assign]
                 httpx.AsyncClient._transport_for_url = _original_async_transport_for_url  # type: ignore[method-assign]
+            if httpx2 is not None:
+                httpx2.Client._transport_for_url, httpx2.AsyncClient._transport_for_url = _httpx2_originals
         _clear_hub_memos()
 
 
@@ -317,3 +429,5 @@ def _clear_hub_memos() -> None:
 __all__ = ["Call", "Interceptor", "LocalInferenceAdapter", "NetworkRefusedError", "intercept"]
 if httpx is not None:
     __all__ += ["AsyncLocalInferenceTransport", "LocalInferenceTransport"]
+if httpx2 is not None:
+    __all__ += ["AsyncHttpx2Transport", "Httpx2Transport"]

@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from localinfer.decoding import GenerationSettings, generate, stream
-from localinfer.decoding.search import resolve_lengths
+from localinfer.decoding.search import resolve_lengths, stream_tokens
 from localinfer.decoding.settings import PIPELINE_DEFAULTS, resolve_settings
 from tests.decoding_helpers import TorchStepModel, build, settings_for, torch_generate
 
@@ -797,3 +797,40 @@ def test_beam_sampling_draws_the_possible_tokens_first():
     assert seen_first == {3, 7}  # drawn, not sorted
     full = _draw_without_replacement(np.random.default_rng(0), np.zeros(10, dtype=np.float32), 4)
     assert len(set(full)) == 4
+
+
+def test_stream_tokens_logprobs_are_of_the_processed_distribution(models):
+    """TGI's logprob: the log-softmax of the scores the token was chosen from (after the processors), which is what
+    `generate` returns as `scores`; not the raw logits' (the repetition penalty makes them differ)."""
+    model = models["gpt2"]
+    kwargs = {"max_new_tokens": 8, "eos_token_id": 63, "repetition_penalty": 1.8}
+    tokens = list(stream_tokens(TorchStepModel(model), P3, settings_for(model, **kwargs), logprobs=True))
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([P3]), attention_mask=torch.ones(1, len(P3)), output_scores=True, output_logits=True,
+            return_dict_in_generate=True, **kwargs,
+        )  # fmt: skip
+    new = out.sequences[0, len(P3) :].tolist()
+    assert [t.id for t in tokens] == new[: len(tokens)]
+    processed = [float(torch.log_softmax(s[0].double(), -1)[t]) for s, t in zip(out.scores, new, strict=False)]
+    raw = [float(torch.log_softmax(s[0].double(), -1)[t]) for s, t in zip(out.logits, new, strict=False)]
+    assert np.allclose([t.logprob for t in tokens], processed, atol=1e-4)
+    assert not np.allclose(processed, raw, atol=1e-3)  # the case can tell the two apart
+    assert all(t.logprob is None for t in stream_tokens(TorchStepModel(model), P3, settings_for(model, **kwargs)))
+
+
+def test_stream_tokens_finish_reasons(models):
+    model = models["gpt2"]
+    greedy = [t.id for t in stream_tokens(TorchStepModel(model), P1, settings_for(model, max_new_tokens=6))]
+
+    def reasons(settings, stop=None):
+        return [t.finish_reason for t in stream_tokens(TorchStepModel(model), P1, settings, stop=stop)]
+
+    assert reasons(settings_for(model, max_new_tokens=6)) == [None] * 5 + ["length"]
+    eos = greedy[2]
+    assert greedy[:2].count(eos) == 0
+    assert reasons(settings_for(model, max_new_tokens=6, eos_token_id=eos)) == [None, None, "eos_token"]
+    stop_after_two = lambda new: len(new) == 2  # noqa: E731
+    assert reasons(settings_for(model, max_new_tokens=6), stop_after_two) == [None, "stop_sequence"]
+    # at the length limit, the length is the reason even when the last token is also the eos (TGI's order)
+    assert reasons(settings_for(model, max_new_tokens=3, eos_token_id=eos)) == [None, None, "length"]

@@ -52,7 +52,8 @@ def test_handle(engine):
     assert (answer.model_id, answer.task) == ("tiny/distilbert-sentiment", "text-classification")
     wrong_method = http.handle(engine, "GET", "/models/tiny/distilbert-sentiment", {}, b"")
     assert wrong_method.status == 405 and wrong_method.headers["allow"] == "POST"
-    assert http.handle(engine, "POST", "/v1/chat/completions", {}, b"{}").status == 404
+    chat = http.handle(engine, "POST", "/v1/chat/completions", {}, b"{}")  # issue 13: OpenAI's route, its errors
+    assert chat.status == 400 and orjson.loads(chat.body)["error"]["param"] == "messages"
     guarded = {"authorization": "Bearer nope"}
     assert http.handle(engine, "POST", "/models/tiny/bert-base", guarded, payload, token="s3cret").status == 401
     ok = http.handle(

@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import requests
 from huggingface_hub import InferenceClient
@@ -197,9 +198,16 @@ def test_errors_are_the_servers(local, toml, tmp_path, no_socket):
     assert unknown.status_code == 404 and "not found" in unknown.json()["error"]
     assert bad.status_code == 400 and "parameters.top_k" in bad.json()["error"]
     assert task.status_code == 400 and "unknown task" in task.json()["error"]
-    assert chat.status_code == 404 and "error" in chat.json()  # chat completions: not served yet (issue 13)
+    # chat completions (issue 13): answered as the server answers them, a 400 in OpenAI's shape for no messages
+    assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
     assert client_bad.value.response.status_code == 400
-    assert [c.status for c in api.calls] == [404, 400, 400, 400]  # the chat route names no model: not a call
+    assert [(c.model, c.status) for c in api.calls] == [
+        ("nobody/nothing", 404),
+        (SENTIMENT, 400),
+        (SENTIMENT, 400),
+        (SENTIMENT, 400),  # the chat request names its model in the body
+        (SENTIMENT, 400),
+    ]
 
     loading = LocalInference(toml, tmp_path / "home", emulate_loading=True)
     with intercept(loading):
@@ -482,3 +490,127 @@ def _characters(inputs) -> int:
     if isinstance(inputs, dict):
         return sum(_characters(v) for v in inputs.values())
     return sum(_characters(v) for v in inputs)
+
+
+# -- chat completions (issue 13's routes, answered in-process: issue 15's router.huggingface.co/.../v1/chat/completions)
+
+CHAT = "tiny/gpt2-chat"
+CHAT_MESSAGES = [{"role": "user", "content": "Which movie is the best ?"}]
+
+
+def _in_process_reply(engine: LocalInference, max_tokens: int) -> str:
+    """The chat's answer computed in-process, without HTTP (localinfer.chat, greedy)."""
+    from localinfer.chat import open_chat
+
+    chat = open_chat(engine, CHAT, CHAT_MESSAGES, {"max_new_tokens": max_tokens, "do_sample": False})
+    return "".join(text for _, text in chat.choice(0).tokens)
+
+
+def test_inference_client_chat_completion_by_bare_model_id(local, fresh, no_socket):
+    expected = _in_process_reply(fresh, 6)
+    with intercept(local) as api:
+        client = InferenceClient(model=CHAT)
+        answer = client.chat_completion(CHAT_MESSAGES, max_tokens=6, temperature=0)
+        streamed = list(client.chat_completion(CHAT_MESSAGES, max_tokens=6, temperature=0, stream=True))
+    assert answer.choices[0].message.content == expected and answer.usage.completion_tokens > 0
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+    assert [(c.model, c.status) for c in api.calls] == [(CHAT, 200), (CHAT, 200)]
+    assert api.calls[0].url == f"{ROUTER}/models/{CHAT}/v1/chat/completions"
+    assert api.calls[0].payload["messages"] == CHAT_MESSAGES
+
+
+def test_the_routers_chat_route_with_requests_and_httpx(local, fresh, no_socket):
+    expected = _in_process_reply(fresh, 5)
+    body = {"model": CHAT, "messages": CHAT_MESSAGES, "max_tokens": 5, "temperature": 0}
+    url = "https://router.huggingface.co/v1/chat/completions"
+    with intercept(local) as api:
+        plain = requests.post(url, json=body, headers=HEADERS, timeout=60).json()
+        with requests.post(url, json={**body, "stream": True}, stream=True, timeout=60) as response:
+            events = [line for line in response.iter_lines() if line]
+        with httpx.Client() as client, client.stream("POST", url, json={**body, "stream": True}) as response:
+            httpx_events = [line for line in response.iter_lines() if line]
+    assert plain["choices"][0]["message"]["content"] == expected
+    assert events[-1] == b"data: [DONE]" and httpx_events[-1] == "data: [DONE]"
+    chunks = [orjson.loads(e.removeprefix(b"data: ")) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == expected
+    httpx_chunks = [orjson.loads(e.removeprefix("data: ")) for e in httpx_events[:-1]]
+    assert [c["choices"] for c in httpx_chunks] == [c["choices"] for c in chunks]
+    assert [c.status for c in api.calls] == [200, 200, 200] and {c.model for c in api.calls} == {CHAT}
+
+
+def test_async_httpx_streams_a_chat(local, fresh, no_socket):
+    expected = _in_process_reply(fresh, 4)
+    body = {"model": CHAT, "messages": CHAT_MESSAGES, "max_tokens": 4, "temperature": 0, "stream": True}
+
+    async def ask() -> list[str]:
+        async with httpx.AsyncClient() as client:
+            async with client.stream("POST", "https://router.huggingface.co/v1/chat/completions", json=body) as r:
+                return [line async for line in r.aiter_lines() if line]
+
+    with intercept(local):
+        lines = asyncio.run(ask())
+    assert lines[-1] == "data: [DONE]"
+    assert "".join(orjson.loads(x[6:])["choices"][0]["delta"]["content"] for x in lines[:-1]) == expected
+
+
+def test_text_generation_streams_in_process(local, fresh, no_socket):
+    parameters = {"max_new_tokens": 8, "do_sample": False}
+    expected = fresh.query("tiny/gpt2", {"inputs": "Today", "parameters": {**parameters, "return_full_text": False}})
+    with intercept(local) as api:
+        pieces = list(InferenceClient(model="tiny/gpt2").text_generation("Today", stream=True, **parameters))
+    assert "".join(pieces) == expected[0]["generated_text"] and len(pieces) > 1
+    assert [(c.model, c.task, c.status) for c in api.calls] == [("tiny/gpt2", "text-generation", 200)]
+
+
+@pytest.mark.parametrize("library", ["requests", "httpx"])
+def test_a_streamed_body_is_computed_as_it_is_read(local, no_socket, monkeypatch, library):
+    """Reading the first event and closing the response stops the generation: nothing is computed ahead."""
+    from localinfer.decoding import models
+
+    original, steps = models.step_model, []
+
+    def counting(*args, **kwargs):
+        model = original(*args, **kwargs)
+        step = model.step
+        model.step = lambda tokens: steps.append(1) or step(tokens)
+        return model
+
+    monkeypatch.setattr(models, "step_model", counting)
+    url = f"{API}/models/tiny/gpt2-long"
+    payload = {"inputs": "Today", "stream": True, "parameters": {"max_new_tokens": 250, "do_sample": False}}
+    with intercept(local):
+        if library == "requests":
+            with requests.post(url, json=payload, stream=True, timeout=60) as response:
+                first = next(response.iter_lines())
+        else:
+            with httpx.Client() as client, client.stream("POST", url, json=payload) as response:
+                first = next(response.iter_lines())
+    assert first.startswith(b"data:" if library == "requests" else "data:")
+    assert 0 < len(steps) < 50  # the full answer is 250 tokens (tests/test_tgi.py: test_the_full_answer_is_long)
+
+
+def test_the_openai_package_is_answered_in_process(local, fresh, no_socket):
+    """openai 3.x sends through httpx2: its chat completions reach the router's route in-process, streamed and not,
+    sync and async, and any other URL is refused before a name is looked up."""
+    import openai
+
+    expected = _in_process_reply(fresh, 5)
+    body = {"model": CHAT, "messages": CHAT_MESSAGES, "max_tokens": 5, "temperature": 0}
+    base = "https://router.huggingface.co/v1"
+
+    async def ask_async() -> str:
+        async with openai.AsyncOpenAI(base_url=base, api_key="hf_x", max_retries=0) as client:
+            stream = await client.chat.completions.create(**body, stream=True)
+            return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+
+    with intercept(local) as api:
+        client = openai.OpenAI(base_url=base, api_key="hf_x", max_retries=0)
+        created = client.chat.completions.create(**body)
+        streamed = "".join(
+            c.choices[0].delta.content or "" for c in client.chat.completions.create(**body, stream=True)
+        )
+        by_async = asyncio.run(ask_async())
+        with pytest.raises(NetworkRefusedError, match="api.openai.com"):  # loudly, not as a connection error
+            openai.OpenAI(api_key="sk-x", max_retries=0).models.list()
+    assert created.choices[0].message.content == streamed == by_async == expected
+    assert api.refused == ["https://api.openai.com/v1/models"] and [c.status for c in api.calls] == [200, 200, 200]

@@ -6,7 +6,15 @@ beam search, streaming), `processors` (the logits processors and warpers) and `s
 as the pipelines and `generate` resolve it). No torch import anywhere in this package.
 """
 
-from localinfer.decoding.search import GenerationSettings, StepModel, generate, stream
+from localinfer.decoding.search import GeneratedToken, GenerationSettings, StepModel, generate, stream, stream_tokens
 from localinfer.decoding.settings import resolve_settings
 
-__all__ = ["GenerationSettings", "StepModel", "generate", "resolve_settings", "stream"]
+__all__ = [
+    "GeneratedToken",
+    "GenerationSettings",
+    "StepModel",
+    "generate",
+    "resolve_settings",
+    "stream",
+    "stream_tokens",
+]

@@ -179,27 +179,63 @@ def generate(
         return _beam_search(model, ids, settings, stop)
     rows = settings.num_return_sequences
     out = [list(ids) for _ in range(rows)]
-    for active, tokens in _sample(model, ids, settings, stop, rows):
+    for active, tokens, _, _ in _sample(model, ids, settings, stop, rows):
         for row, token in zip(active.tolist(), tokens.tolist(), strict=True):
             out[row].append(token)
     return out
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """One chosen token of a streamed generation. `logprob` (only when asked) is the token's log-probability under
+    the distribution it was chosen from: the logits after every processor and warper (repetition penalty,
+    temperature, top-k/top-p, ...), as TGI reports it (its `NextTokenChooser` returns the log-softmax of the warped
+    scores), not the raw model's. `finish_reason` is set on the last token only: "length" (max_length, max_new_tokens
+    or max_time reached), "eos_token" or "stop_sequence" (the `stop` callback), checked in that order, as TGI's
+    `StoppingCriteria` checks them."""
+
+    id: int
+    logprob: float | None = None
+    finish_reason: str | None = None
 
 
 def stream(
     model: StepModel, prompt: Sequence[int], settings: GenerationSettings, *, stop: StopCallback | None = None
 ) -> Iterator[int]:
     """Greedy or sampling (num_beams 1, one sequence): yields each new token id as soon as it is chosen."""
+    for token in stream_tokens(model, prompt, settings, stop=stop):
+        yield token.id
+
+
+def stream_tokens(
+    model: StepModel,
+    prompt: Sequence[int],
+    settings: GenerationSettings,
+    *,
+    stop: StopCallback | None = None,
+    logprobs: bool = False,
+) -> Iterator[GeneratedToken]:
+    """As `stream`, each token with why the generation ended (on the last) and, with `logprobs`, its
+    log-probability (computed only then: one log-sum-exp of the chosen row per step)."""
     if settings.num_beams > 1 or settings.num_return_sequences != 1:
         raise ValueError("streaming needs num_beams 1 and num_return_sequences 1")
-    for _, tokens in _sample(model, initial_ids(prompt, settings), settings, stop, 1):
-        yield int(tokens[0])
+    for _, tokens, scores, reasons in _sample(model, initial_ids(prompt, settings), settings, stop, 1):
+        token = int(tokens[0])
+        logprob = None
+        if logprobs:
+            row = scores[0].astype(np.float64)
+            top = row.max()
+            logprob = float(row[token] - top - np.log(np.exp(row - top).sum()))
+        yield GeneratedToken(token, logprob, reasons[0] if reasons is not None else None)
 
 
 def _sample(
     model: StepModel, ids: list[int], settings: GenerationSettings, stop: StopCallback | None, rows: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """`_sample` (generation/utils.py): yields, per step, the rows still running and the token each chose. A row
-    that finishes is dropped from the model's batch (`reorder`) instead of being fed padding."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None] | None]]:
+    """`_sample` (generation/utils.py): yields, per step, the rows still running, the token each chose, the processed
+    scores it was chosen from, and None, or, when a row finished at this step, each row's finish reason (None for a
+    row still running). A row that finishes is dropped from the model's batch (`reorder`) instead of being fed
+    padding."""
     start = time.monotonic()
     lengths = resolve_lengths(settings, len(ids))
     processors = build_processors(
@@ -223,8 +259,9 @@ def _sample(
             scores = processor(sequences, scores)
         tokens = _draw(scores, rng) if rng is not None else np.argmax(scores, axis=-1)
         sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
-        yield active, tokens
         done = _stopped(sequences, tokens, lengths, eos, stop, settings, start)
+        reasons = _finish_reasons(done, sequences, tokens, lengths, eos, stop) if done.any() else None
+        yield active, tokens, scores, reasons
         if done.all():
             return
         if done.any():
@@ -232,6 +269,31 @@ def _sample(
             model.reorder(keep)
             sequences, active, tokens = sequences[keep], active[keep], tokens[keep]
         logits = model.step(tokens[:, None])
+
+
+def _finish_reasons(
+    done: np.ndarray,
+    sequences: np.ndarray,
+    tokens: np.ndarray,
+    lengths: _Lengths,
+    eos: np.ndarray,
+    stop: StopCallback | None,
+) -> list[str | None]:
+    """Why each finished row stopped (None for the others), in the order TGI's `StoppingCriteria` checks: the length,
+    then the eos token, then a stop sequence; a row stopped by none of them ran out of `max_time` ("length")."""
+    reasons: list[str | None] = []
+    for row, finished in enumerate(done.tolist()):
+        if not finished:
+            reasons.append(None)
+        elif sequences.shape[1] >= lengths.max_length:
+            reasons.append("length")
+        elif eos.size and tokens[row] in eos:
+            reasons.append("eos_token")
+        elif stop is not None and stop(sequences[row, lengths.prompt_length :].tolist()):
+            reasons.append("stop_sequence")
+        else:
+            reasons.append("length")
+    return reasons
 
 
 def _draw(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:

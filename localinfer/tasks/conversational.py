@@ -4,6 +4,11 @@ transformers removed its conversational pipeline (4.42), so this re-creates the 
 with a chat template gets the history as chat messages; one without gets the turns joined by its end of
 sequence token (the DialoGPT convention); an encoder-decoder chat model (BlenderBot) gets the turns
 joined by two spaces, user turns led by a space, as BlenderBot's tokenizer joined them.
+
+`chat_prompt` is the one place a chat template is applied: this task and the OpenAI-compatible chat route
+(`localinfer/chat.py`) both call it. The DialoGPT joining is GPT-2's former default chat template (transformers
+removed default templates in 4.43); it stays this legacy task's fallback only. The chat route follows its oracle,
+the text-generation pipeline, which refuses a model whose tokenizer has no template: a 400 naming the model.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..decoding.models import CAUSAL_FILES, ENCODER_DECODER_FILES
+from ..errors import BadRequestError
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .base import Task
@@ -121,8 +127,7 @@ def build_prompt(
         ids = tokenizer(text)["input_ids"]
         room = window
     elif tokenizer.chat_template:
-        messages = [{"role": role, "content": t} for role, t in turns(conversation)]
-        ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        ids = chat_prompt(tokenizer, [{"role": role, "content": t} for role, t in turns(conversation)])
         room = window - new_tokens if window is not None else None
     else:
         eos = tokenizer.eos_token or ""
@@ -133,3 +138,25 @@ def build_prompt(
         warnings.append(f"Conversation history truncated: kept its last {room} of {len(ids)} tokens")
         ids = ids[-room:]
     return ids, warnings
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict[str, str]], model_id: str = "this model") -> list[int]:
+    """The input ids of chat messages through the tokenizer's chat template, as TextGenerationPipeline.preprocess
+    (transformers 4.57, pipelines/text_generation.py) applies it: a conversation ending with an assistant message is
+    continued (`continue_final_message`), any other gets the generation prompt. A tokenizer without a template, or a
+    template that refuses the messages (its `raise_exception`), is a 400."""
+    if not tokenizer.chat_template:
+        raise BadRequestError(
+            f"{model_id} has no chat template (its tokenizer_config.json sets no `chat_template`): chat messages "
+            "need one; send a prompt to text-generation instead"
+        )
+    from jinja2 import TemplateError
+
+    continue_final = messages[-1]["role"] == "assistant"
+    try:
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=not continue_final, continue_final_message=continue_final, tokenize=True
+        )
+    except (TemplateError, ValueError) as exc:
+        raise BadRequestError(f"messages: {model_id}'s chat template refuses them: {exc}") from None
+    return list(ids)
