@@ -212,3 +212,21 @@ def test_module_level_query_reads_its_configuration_on_first_use(tiny, tmp_path,
     assert len(answer[0]) == 1
     assert localinfer.default_engine().home == tmp_path / "home"
     assert (tmp_path / "home" / "exports").is_dir()
+
+
+def test_models_loading_on_several_threads_at_once(engine, home):
+    """A fresh process whose first queries of three models run on three threads at once (a server's preload and
+    its first requests): each answers. Without localinfer's import lock (localinfer/imports.py) their first imports
+    from transformers meet and one fails with `cannot import name ...` (seen in 4 runs of 5 in a plain script)."""
+    for model_id in ("tiny/gpt2", "tiny/vit", "tiny/bert-ner"):
+        engine.export(model_id)  # the exports exist: the child only loads
+    script = Path(__file__).parent / "fixtures" / "parallel_loads.py"
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, str(script), str(engine.models_file), str(home)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -18,6 +18,8 @@ from typing import Any
 
 from localinfer.decoding.search import GenerationSettings
 
+from ..imports import transformers_ready
+
 # The pipelines' `_default_generation_config` class attributes (transformers 4.57: pipelines/text_generation.py,
 # text2text_generation.py (summarization and translation inherit it), automatic_speech_recognition.py,
 # table_question_answering.py), copied: importing the pipeline classes imports torch where it is installed.
@@ -54,6 +56,7 @@ def _base_task(task: str) -> str:
 def model_generation_config(folder: Path):
     """The model's generation config as `from_pretrained` loads it: generation_config.json, or (legacy) the one
     `GenerationConfig.from_model_config` derives from config.json (transformers/modeling_utils.py)."""
+    transformers_ready()
     from transformers import AutoConfig, GenerationConfig
 
     if (folder / "generation_config.json").is_file():
@@ -66,6 +69,8 @@ def prepare_generation_config(generation_config, model_generation_config, use_mo
     `generation_config` (the pipelines always pass one; the legacy branch for none is not ported). Returns the new
     config and the kwargs that are not generation parameters."""
     from packaging import version
+
+    transformers_ready()
     from transformers import GenerationConfig
 
     generation_config = copy.deepcopy(generation_config)
@@ -93,6 +98,7 @@ def prepare_generation_config(generation_config, model_generation_config, use_mo
 def pipeline_generation_config(model_generation_config, model_config: dict, task: str):
     """The `generation_config` a pipeline of `task` builds in `Pipeline.__init__` (pipelines/base.py), and its
     `prefix` (the model config's, or the task's `task_specific_params` prefix)."""
+    transformers_ready()
     from transformers import GenerationConfig
 
     default = GenerationConfig(**PIPELINE_DEFAULTS.get(_base_task(task), {}))
@@ -120,6 +126,7 @@ def resolve_settings(
     """The settings `generate` runs with when the `task` pipeline is called with `request` (generate keyword
     arguments, plus `seed`), for the model in `model_folder` (or a generation-config dict, with the model's
     config.json as `model_config`)."""
+    transformers_ready()
     from transformers import AutoConfig, GenerationConfig
 
     if isinstance(model_folder, dict):
@@ -165,6 +172,7 @@ def settings_from_config(
     start to bos. `forced_decoder_ids` is left out, as `generate` ignores it: only Whisper's `generate` reads it,
     to build its decoder prompt (`_retrieve_init_tokens`, with the language and task), which its caller passes to
     `search.generate` as the prompt."""
+    transformers_ready()
     from transformers.generation.configuration_utils import GenerationMode
 
     for key, default in _UNSUPPORTED.items():

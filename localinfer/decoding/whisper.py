@@ -26,6 +26,7 @@ from localinfer.decoding.settings import (
     prepare_generation_config,
     settings_from_config,
 )
+from localinfer.imports import transformers_ready
 
 TASK = "automatic-speech-recognition"
 
@@ -48,6 +49,7 @@ class WhisperPlan:
 
 def whisper_plan(folder: Path) -> WhisperPlan:
     """The settings and decoder prompt of the pipeline's `generate` call for the Whisper model in `folder`."""
+    transformers_ready()
     from transformers import AutoConfig
 
     config_dict = json.loads((folder / "config.json").read_text())
@@ -80,6 +82,7 @@ def whisper_plan(folder: Path) -> WhisperPlan:
 
 def _init_tokens(config, config_dict: dict) -> tuple[list[int | None], tuple[int, ...]]:
     """`_retrieve_init_tokens` for one clip, `return_timestamps` off: the prompt, `None` at a language to detect."""
+    transformers_ready()
     from transformers.models.whisper.tokenization_whisper import TASK_IDS, TO_LANGUAGE_CODE
 
     task = getattr(config, "task", None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EXPORT_PACKAGES, MissingExtraError, export_extra_missing
+from ..imports import transformers_ready
 from .fingerprint import graph_versions
 
 log = logging.getLogger("localinfer")
@@ -116,6 +117,7 @@ def _quiet() -> Iterator[None]:
 
 def _export(folder: Path, kind: ExportKind, staging: Path) -> None:
     if kind.exporter == "optimum":
+        transformers_ready()
         from optimum.exporters.onnx import main_export
 
         main_export(

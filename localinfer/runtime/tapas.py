@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..imports import transformers_ready
+
 
 def _segment_reduce_for_onnx(values, index, segment_reduce_fn, name):
     import torch
+
+    transformers_ready()
     import transformers.models.tapas.modeling_tapas as tapas
 
     flat = tapas.flatten(index)
@@ -37,6 +41,8 @@ def _segment_reduce_for_onnx(values, index, segment_reduce_fn, name):
 def export_tapas(folder: Path, output: Path) -> None:
     """Write model.onnx (inputs input_ids, attention_mask, token_type_ids; outputs logits, logits_aggregation)."""
     import torch
+
+    transformers_ready()
     import transformers.models.tapas.modeling_tapas as tapas
     from transformers import TapasForQuestionAnswering, TapasTokenizer
 

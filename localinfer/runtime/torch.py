@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..imports import transformers_ready
 from .export import ExportKind
 
 
@@ -22,6 +23,8 @@ class TorchRunner:
         import inspect
 
         import torch
+
+        transformers_ready()
         from optimum.exporters.tasks import TasksManager
 
         self._torch = torch
@@ -63,6 +66,8 @@ class TorchPipelineModel:
 
     def __init__(self, folder: Path, kind: ExportKind) -> None:
         import torch
+
+        transformers_ready()
         from optimum.exporters.tasks import TasksManager
 
         task = kind.task.removesuffix("-with-past")

@@ -17,6 +17,7 @@ from .. import limits
 from ..audio_chunks import chunk_iter, chunk_samples, rescale_stride, strip_stride
 from ..decoding.models import ENCODER_DECODER_FILES
 from ..errors import BadRequestError, PayloadTooLargeError
+from ..imports import transformers_ready
 from ..media import audio_seconds, decode_audio
 from ..runtime import ExportKind, LoadedModel
 from ..scores import apply_function
@@ -33,6 +34,7 @@ def _is_ctc(folder: Path) -> bool:
 def _preprocessors(model: LoadedModel) -> Any:
     """The model's feature extractor and its transformers config (for `inputs_to_logits_ratio`), loaded once."""
     if "audio-preprocessors" not in model.state:
+        transformers_ready()
         from transformers import AutoConfig, AutoFeatureExtractor
 
         extractor = AutoFeatureExtractor.from_pretrained(model.files)
@@ -123,6 +125,7 @@ def _ctc(model: LoadedModel, data: bytes, parameters: SpeechRecognitionParameter
 
 def _ctc_tokenizer(model: LoadedModel) -> Any:
     if "ctc-tokenizer" not in model.state:
+        transformers_ready()
         from transformers import AutoTokenizer
 
         model.state["ctc-tokenizer"] = AutoTokenizer.from_pretrained(model.files)

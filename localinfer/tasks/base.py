@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
 from ..errors import BadRequestError
+from ..imports import transformers_ready
 from ..payload import format_validation_error
 from ..runtime import ExportKind, LoadedModel
 from ..text import TextTokenizer
@@ -127,6 +128,7 @@ def task_pipeline(model: LoadedModel, task: str, *parts: str) -> Any:
     """
     key = ("pipeline", task)
     if key not in model.state:
+        transformers_ready()
         import transformers
 
         loaders = {

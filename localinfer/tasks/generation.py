@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..errors import BadRequestError
+from ..imports import transformers_ready
 from ..runtime import LoadedModel
 from .base import Parameters, task_pipeline
 
@@ -111,6 +112,7 @@ def run_pipeline(pipe: Any, inputs: Any, seed: int | None, **kwargs: Any) -> Any
 def generation_tokenizer(model: LoadedModel) -> Any:
     """The model's transformers tokenizer (no torch needed), loaded once per model."""
     if "generation-tokenizer" not in model.state:
+        transformers_ready()
         from transformers import AutoTokenizer
 
         model.state["generation-tokenizer"] = AutoTokenizer.from_pretrained(model.files)

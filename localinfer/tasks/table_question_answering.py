@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..decoding.models import ENCODER_DECODER_FILES
 from ..errors import BadRequestError, InferenceError
+from ..imports import transformers_ready
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
 from .base import Parameters, Task
@@ -77,6 +78,7 @@ class TableQuestionAnswering(Task):
 def _tokenizer(model: LoadedModel) -> Any:
     if "table-tokenizer" not in model.state:
         _pandas()  # the TAPAS tokenizer's module needs it
+        transformers_ready()
         from transformers import AutoTokenizer
 
         model.state["table-tokenizer"] = AutoTokenizer.from_pretrained(model.files)
@@ -205,6 +207,7 @@ def _generation_config(model: LoadedModel) -> Any:
     """The table-question-answering pipeline's: the model's settings over its default of 256 new tokens (the
     PyTorch route; on ONNX Runtime `localinfer.decoding.settings` resolves the same)."""
     if "generation-config" not in model.state:
+        transformers_ready()
         from transformers import GenerationConfig
 
         default = GenerationConfig(max_new_tokens=256)

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BeforeValidator, Field
 
 from ..errors import BadRequestError
+from ..imports import transformers_ready
 from ..runtime import ExportKind, LoadedModel
 from ..scores import softmax
 from ..text import TextTokenizer, run_batched
@@ -100,6 +101,7 @@ def _run_without_offsets(
     if parameters.stride is not None:
         raise BadRequestError("parameters.stride: needs a fast tokenizer (tokenizer.json), which this model lacks")
     if "slow-tokenizer" not in model.state:
+        transformers_ready()
         from transformers import AutoTokenizer
 
         model.state["slow-tokenizer"] = AutoTokenizer.from_pretrained(model.files, use_fast=False)

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from .. import vision_post
 from ..errors import BadRequestError
+from ..imports import transformers_ready
 from ..media import decode_image, encode_mask
 from ..runtime import ExportKind, LoadedModel
 from ..text import read_json
@@ -26,6 +27,7 @@ def image_processor(model: LoadedModel) -> Any:
     """The model's image processor, loaded once per model."""
     key = ("image_processor",)
     if key not in model.state:
+        transformers_ready()
         from transformers import AutoImageProcessor
 
         # the slow processors: numpy; the fast ones need torch
