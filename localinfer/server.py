@@ -71,16 +71,23 @@ def create_app(
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _registry(engine: LocalInference) -> list[dict[str, str]]:
+def _registry(engine: LocalInference) -> list[dict[str, str | None]]:
     listed = []
     for model_id in engine.registry.ids():
         try:
             spec, handler = engine.resolve(model_id)
             listed.append(
-                {"model_id": model_id, "task": handler.name, "backend": spec.backend, "state": engine.state(model_id)}
+                {
+                    "model_id": model_id,
+                    "task": handler.name,
+                    "backend": spec.backend,
+                    "precision": engine.precision_of(model_id),
+                    "state": engine.state(model_id),
+                }
             )
         except InferenceError as exc:
-            listed.append({"model_id": model_id, "task": None, "backend": None, "state": f"error: {exc.message}"})
+            error = f"error: {exc.message}"
+            listed.append({"model_id": model_id, "task": None, "backend": None, "precision": None, "state": error})
     return listed
 
 
