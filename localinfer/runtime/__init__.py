@@ -119,7 +119,7 @@ def load_model(
                 reference = open_onnx(spec, fp32, fp32_folder, config, threads)
                 return measure(reference, open_onnx(spec, kind, staging, config, threads))
 
-            quantize_export(fp32_folder, folder, measure=drift)
+            quantize_export(fp32_folder, folder, kind.sessions or ("model.onnx",), measure=drift)
         elif not folder.is_dir():
             export_onnx(spec.path, kind, folder)
         model = open_onnx(spec, kind, folder, config, threads)
