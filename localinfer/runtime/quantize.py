@@ -184,7 +184,8 @@ def _excluded(graph: Any, outer: tuple[dict[str, Any], set[str]] = ({}, set())) 
                 found += _excluded(attribute.g, (producers, constants))
         if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in constants:
             if _writes_residual(node.input[0], producers, constants):
-                found.append(node.name)
+                # quantize_dynamic first rewrites a Gemm as a MatMul named "<gemm>_MatMul" (plus an Add): both names
+                found += [node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name]
     return found
 
 
