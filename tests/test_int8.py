@@ -216,3 +216,42 @@ def test_runtime_only_install_runs_a_shipped_int8_folder(engine, int8_engine, tm
     for (name, folder), (result, compute_type) in zip(folders.items(), answers, strict=True):
         assert compute_type == "cpu+int8"
         assert result == LocalInference(home=tmp_path / "full").query(str(folder), _payload(name)), name
+
+
+@pytest.mark.parametrize("name", ["distilbert-sentiment", "bart", "gpt2"])
+def test_residual_writers_stay_fp32_and_every_other_weight_projection_is_int8(name, engine, int8_engine):
+    """The recipe: attention and feed-forward output projections fp32 (found by structure, in the merged
+    decoder's branches too), the other MatMul/Gemm with a constant weight int8."""
+    import onnx
+
+    from localinfer.runtime.quantize import _excluded
+
+    model_id = f"tiny/{name}"
+    spec, handler = engine.resolve(model_id)
+    engine.preload(model_id)
+    int8_engine.preload(model_id)
+    for graph in int8_engine.preload(model_id).kind.sessions or ("model.onnx",):
+        fp32 = onnx.load(str(engine.onnx_dir(spec, handler) / graph))
+        int8 = onnx.load(str(int8_engine.onnx_dir(spec, handler) / graph))
+        # quantize_dynamic rewrites a Gemm as a MatMul named "<gemm>_MatMul" (plus an Add)
+        kept = {n.removesuffix("_MatMul") for n in _weight_projections(int8.graph)}
+        projections = _weight_projections(fp32.graph)
+        writers = {n.removesuffix("_MatMul") for n in _excluded(fp32.graph)}
+        names = ("out_proj", "out_lin", "output/dense", "c_proj", "lin2", "fc2")  # each family's output projections
+        assert writers and all(any(n in w for n in names) or "classifier" in w for w in writers), writers
+        assert kept == writers, f"{graph}: fp32 in the int8 graph {kept - writers}, int8 but writers {writers - kept}"
+        assert len(projections) > len(writers), "some projections are quantised"
+
+
+def _weight_projections(graph, outer: frozenset = frozenset()) -> set[str]:
+    """Names of the MatMul / Gemm nodes with a constant (fp32) weight, subgraphs included."""
+    constants = outer | {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    found = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.g.node:
+                found |= _weight_projections(attribute.g, frozenset(constants))
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in constants:
+            found.add(node.name)
+    return found
