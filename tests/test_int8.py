@@ -220,8 +220,9 @@ def test_runtime_only_install_runs_a_shipped_int8_folder(engine, int8_engine, tm
 
 @pytest.mark.parametrize("name", ["distilbert-sentiment", "bart", "gpt2"])
 def test_residual_writers_stay_fp32_and_every_other_weight_projection_is_int8(name, engine, int8_engine):
-    """The recipe: attention and feed-forward output projections fp32 (found by structure, in the merged
-    decoder's branches too), the other MatMul/Gemm with a constant weight int8."""
+    """The recipe: in encoders, attention and feed-forward output projections fp32 (found by structure), the other
+    MatMul/Gemm with a constant weight int8; in decoder step graphs (the merged decoder's branches, GPT-2 with
+    past) every projection int8."""
     import onnx
 
     from localinfer.runtime.quantize import _excluded
@@ -237,6 +238,9 @@ def test_residual_writers_stay_fp32_and_every_other_weight_projection_is_int8(na
         kept = {n.removesuffix("_MatMul") for n in _weight_projections(int8.graph)}
         projections = _weight_projections(fp32.graph)
         writers = {n.removesuffix("_MatMul") for n in _excluded(fp32.graph)}
+        if any(i.name.startswith("past_key_values") for i in fp32.graph.input):  # a decoder step: all int8
+            assert writers and not kept, f"{graph}: fp32 projections {kept} in a decoder step graph"
+            continue
         names = ("out_proj", "out_lin", "output/dense", "c_proj", "lin2", "fc2")  # each family's output projections
         assert writers and all(any(n in w for n in names) or "classifier" in w for w in writers), writers
         assert kept == writers, f"{graph}: fp32 in the int8 graph {kept - writers}, int8 but writers {writers - kept}"
