@@ -15,6 +15,7 @@ from .batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_WAIT_MS
 from .engine import LocalInference
 from .errors import BadRequestError, InferenceError
 from .limits import Limits
+from .registry import PRECISIONS
 
 
 def _payload(data: str) -> Any:
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help="write a self-contained folder (ONNX, tokenizer and processor files, manifest) to ship"
     )
     export.add_argument("--task", help="override the model's task")
+    export.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (default) or int8: quantised, its drift from fp32 measured and recorded (overrides models.toml)",
+    )
     bulk = commands.add_parser(
         "map", help="answer every row of a JSON Lines or Parquet file into a JSON Lines file (resumable)"
     )
@@ -138,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "models":
             _list_models(engine)
         elif args.out:
-            print(engine.export_to(args.model_id, args.out, task=args.task))
+            print(engine.export_to(args.model_id, args.out, task=args.task, precision=args.precision))
         else:
-            print(engine.export(args.model_id, task=args.task))
+            print(engine.export(args.model_id, task=args.task, precision=args.precision))
     except InferenceError as exc:
         print(json.dumps(exc.body, ensure_ascii=False))
         return 1
@@ -166,12 +172,22 @@ def _map(args: argparse.Namespace, engine: LocalInference) -> dict[str, int]:
 
 
 def _list_models(engine: LocalInference) -> None:
-    print(f"{'model':48} {'task':24} {'backend':8} exported")
+    print(f"{'model':48} {'task':24} {'backend':8} {'precision':9} exported")
     for model_id in engine.registry.ids():
         try:
             spec, handler = engine.resolve(model_id)
+            precision = engine.precision_of(model_id)
             exported = "yes" if spec.backend == "onnx" and engine.onnx_dir(spec, handler).is_dir() else "no"
+            drift = engine.drift(model_id)
+            if drift:
+                exported += f"  drift: {format_drift(drift)}"
             task, backend = handler.name, spec.backend
         except InferenceError as exc:
-            task, backend, exported = "?", "?", f"error: {exc.message}"
-        print(f"{model_id:48} {task:24} {backend:8} {exported}")
+            task, backend, precision, exported = "?", "?", "?", f"error: {exc.message}"
+        print(f"{model_id:48} {task:24} {backend:8} {precision:9} {exported}")
+
+
+def format_drift(drift: dict[str, Any]) -> str:
+    """A drift record on one line: its measures, over how many probes."""
+    shown = [f"{key.replace('_', ' ')} {value}" for key, value in drift.items() if key not in ("task", "probes")]
+    return f"{', '.join(shown)} ({drift.get('probes', '?')} probes)"

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ from .errors import BadRequestError, InferenceError, ModelFailureError, ModelLoa
 from .limits import Limits, applied, check_structure
 from .media import check_bounds
 from .payload import Options, parse_payload
-from .registry import ModelSpec, Registry, check_task_name, infer_task
+from .registry import ModelSpec, Registry, check_precision, check_task_name, infer_task
 from .runtime import ExportKind, LoadedModel, folder_fingerprint, load_model, onnx_location
 from .runtime.manifest import check_task, manifest_fingerprint, read_manifest, write_export
+from .runtime.quantize import read_record
 from .tasks import Task, get_task
 
 log = logging.getLogger("localinfer")
@@ -72,6 +73,8 @@ class LocalInference:
     query waits for the load. `allow_paths=False` refuses local folders given as model ids.
     Concurrent queries of one model, task and parameters run as one batch of at most `max_batch_size` requests
     (0 or 1: each alone), waiting at most `max_batch_wait_ms` for one another (localinfer/batching.py).
+    `precision="int8"` runs every ONNX model whose models.toml entry sets no precision quantised to int8 (its
+    drift from fp32 measured and recorded when it is quantised); fp32 by default.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class LocalInference:
         limits: Limits | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_batch_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS,
+        precision: str | None = None,
     ) -> None:
         self.models_file = Path(models_file) if models_file else default_models_file()
         self.home = Path(home) if home else default_home()
@@ -95,10 +99,11 @@ class LocalInference:
         self.threads = threads
         self.limits = limits or Limits()
         self.batcher = Batcher(max_batch_size, max_batch_wait_ms / 1e3)
+        self.precision = check_precision(precision) if precision is not None else None
         self._lock = threading.Lock()
         self._loads: dict[tuple, tuple[Future[LoadedModel], float, float]] = {}
         self._fingerprints: dict[Path, str] = {}
-        self._resolved: dict[tuple[str, str | None], tuple[ModelSpec, Task, ExportKind]] = {}
+        self._resolved: dict[tuple[str, str | None, str | None], tuple[ModelSpec, Task, ExportKind]] = {}
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="localinfer-load")
 
     # -- the entry points ------------------------------------------------------------------------
@@ -132,6 +137,7 @@ class LocalInference:
             weights=self.fingerprint(spec),
             task=handler.name,
             backend=spec.backend,
+            precision=kind.precision,
             inputs=request.inputs,
             parameters=parameters.model_dump(mode="json", exclude_unset=True),
         )
@@ -203,7 +209,9 @@ class LocalInference:
             entry = self._loads.get((spec.model_id, spec.path, spec.backend, kind))
         if entry is not None and entry[0].done() and entry[0].exception() is None:
             return entry[0].result().runner.compute_type
-        return "cpu+optimized" if spec.backend == "onnx" else "cpu"
+        if spec.backend != "onnx":
+            return "cpu"
+        return "cpu+optimized" if kind.precision == "fp32" else f"cpu+{kind.precision}"
 
     def start_loading(self, model_id: str, *, task: str | None = None) -> None:
         """Begin loading a model in the background (a server's preload); returns at once."""
@@ -220,19 +228,22 @@ class LocalInference:
         """Load (and export, if needed) a model now, waiting for it."""
         return self._loaded(*self._resolve(model_id, task), wait=True)
 
-    def export(self, model_id: str, *, task: str | None = None) -> Path:
-        """Export a model to ONNX ahead of time; returns the folder of its ONNX files."""
-        spec, handler, kind = self._resolve(model_id, task)
+    def export(self, model_id: str, *, task: str | None = None, precision: str | None = None) -> Path:
+        """Export a model to ONNX ahead of time (int8: quantised, its drift measured); returns the folder of its
+        ONNX files. `precision` overrides the model's and the engine's."""
+        spec, handler, kind = self._resolve(model_id, task, precision)
         self._loaded(spec, handler, kind, wait=True)
-        return self.onnx_dir(spec, handler)
+        return onnx_location(spec, kind, self.home, self.fingerprint(spec))
 
-    def export_to(self, model_id: str, destination: Path | str, *, task: str | None = None) -> Path:
+    def export_to(
+        self, model_id: str, destination: Path | str, *, task: str | None = None, precision: str | None = None
+    ) -> Path:
         """Write a self-contained exported folder (ONNX graphs, tokenizer/processor/config files, manifest)
         that serves as a model id, or a models.toml path, on a machine with the runtime alone."""
-        spec, handler, kind = self._resolve(model_id, task)
+        spec, handler, kind = self._resolve(model_id, task, precision)
         if spec.backend != "onnx":
             raise BadRequestError(f"{model_id}: backend {spec.backend!r} has no ONNX export to write")
-        onnx_folder = self.export(model_id, task=task)
+        onnx_folder = self.export(model_id, task=task, precision=precision)
         return write_export(
             spec.path,
             onnx_folder,
@@ -248,26 +259,55 @@ class LocalInference:
         spec, handler, _ = self._resolve(model_id, task)
         return spec, handler
 
-    def _resolve(self, model_id: str, task: str | None) -> tuple[ModelSpec, Task, ExportKind]:
-        """Resolved once per (model, task): the hot path reads no file to find its model."""
-        found = self._resolved.get((model_id, task))
+    def _resolve(
+        self, model_id: str, task: str | None, precision: str | None = None
+    ) -> tuple[ModelSpec, Task, ExportKind]:
+        """Resolved once per (model, task, precision asked): the hot path reads no file to find its model."""
+        found = self._resolved.get((model_id, task, precision))
         if found is None:
             spec = self.registry.resolve(model_id)
             if task is not None:
                 check_task_name(task)
+            if precision is not None:
+                check_precision(precision)
             manifest = read_manifest(spec.path)  # an exported folder says what it is
             handler = get_task(task or spec.task or (manifest.task if manifest else infer_task(spec.path)))
-            kind = handler.export_kind(spec.path)
-            if manifest is not None:
-                check_task(manifest, handler.name, kind, spec.path)
-                kind = manifest.kind
-            found = self._resolved[(model_id, task)] = (spec, handler, kind)
+            kind = self._kind(spec, handler, precision)
+            found = self._resolved[(model_id, task, precision)] = (spec, handler, kind)
         return found
 
-    def onnx_dir(self, spec: ModelSpec, handler: Task) -> Path:
+    def _kind(self, spec: ModelSpec, handler: Task, precision: str | None = None) -> ExportKind:
+        """How `spec` is exported for `handler`'s task: an exported folder's manifest, else the task's kind; at the
+        precision asked (the call's, else the model's, else the engine's), else the folder's, else fp32."""
+        kind = handler.export_kind(spec.path)
+        manifest = read_manifest(spec.path)
+        if manifest is not None:
+            check_task(manifest, handler.name, replace(kind, precision=manifest.kind.precision), spec.path)
+            kind = manifest.kind
+        wanted = precision or spec.precision or self.precision
+        if wanted is None or wanted == kind.precision:
+            return kind
+        if kind.precision != "fp32":  # an int8 folder has no fp32 weights left to run
+            raise BadRequestError(f"{spec.path} is a {kind.precision} export; it cannot run at precision {wanted}")
+        if spec.backend != "onnx":
+            raise BadRequestError(f"{spec.model_id}: precision {wanted} runs on ONNX Runtime, not on {spec.backend}")
+        return replace(kind, precision=wanted)
+
+    def onnx_dir(self, spec: ModelSpec, handler: Task, precision: str | None = None) -> Path:
         """The folder of ONNX files serving this model for this task (it may not be exported yet)."""
-        kind = handler.export_kind(spec.path)  # an exported folder is its own location, whatever the kind
-        return onnx_location(spec, kind, self.home, self.fingerprint(spec))
+        return onnx_location(spec, self._kind(spec, handler, precision), self.home, self.fingerprint(spec))
+
+    def precision_of(self, model_id: str, *, task: str | None = None) -> str:
+        """The precision `model_id` runs at: "fp32" or "int8"."""
+        return self._resolve(model_id, task)[2].precision
+
+    def drift(self, model_id: str, *, task: str | None = None, precision: str | None = None) -> dict | None:
+        """The drift from fp32 recorded when this model's int8 export was made; None for fp32 or not made yet."""
+        spec, handler, kind = self._resolve(model_id, task, precision)
+        if kind.precision == "fp32":
+            return None
+        record = read_record(onnx_location(spec, kind, self.home, self.fingerprint(spec)))
+        return record.get("drift") if record else None
 
     def fingerprint(self, spec: ModelSpec) -> str:
         if spec.path not in self._fingerprints:
@@ -299,8 +339,8 @@ class LocalInference:
         with self._lock:
             entry = self._loads.get(key)
             if entry is None or (entry[0].done() and entry[0].exception() is not None):
-                estimate = self._estimate_load_seconds(spec, handler)
-                future = self._executor.submit(self._load, spec, kind)
+                estimate = self._estimate_load_seconds(spec, kind)
+                future = self._executor.submit(self._load, spec, handler, kind)
                 entry = self._loads[key] = (future, time.monotonic(), estimate)
         future, since, estimate = entry
         if not future.done() and (self.emulate_loading if emulate is None else emulate) and not wait:
@@ -313,10 +353,16 @@ class LocalInference:
             log.exception("loading %s failed", spec.model_id)
             raise ModelFailureError(f"Model {spec.model_id} failed to load: {one_line(exc)}") from exc
 
-    def _load(self, spec: ModelSpec, kind: ExportKind) -> LoadedModel:
+    def _load(self, spec: ModelSpec, handler: Task, kind: ExportKind) -> LoadedModel:
         fingerprint = self.fingerprint(spec)
         exported = spec.backend == "torch" or onnx_location(spec, kind, self.home, fingerprint).is_dir()
-        model = load_model(spec, kind, home=self.home, fingerprint=fingerprint, threads=self.threads)
+
+        def measure(reference: LoadedModel, quantised: LoadedModel) -> dict[str, Any]:
+            from .drift import measure_drift
+
+            return measure_drift(handler, reference, quantised)
+
+        model = load_model(spec, kind, home=self.home, fingerprint=fingerprint, threads=self.threads, measure=measure)
         if exported:  # a load that exported first would overstate the next load's time
             self._record_load_time(spec, model.load_seconds)
         log.debug("loaded %s (%s) in %.2f s", spec.model_id, spec.backend, model.load_seconds)
@@ -325,14 +371,14 @@ class LocalInference:
     def _load_times_file(self) -> Path:
         return self.home / "load_times.json"
 
-    def _estimate_load_seconds(self, spec: ModelSpec, handler: Task) -> float:
+    def _estimate_load_seconds(self, spec: ModelSpec, kind: ExportKind) -> float:
         """The last measured load of these weights, else an estimate from their size."""
         try:
             known = json.loads(self._load_times_file().read_text())
         except (OSError, ValueError):
             known = {}
         recorded = known.get(f"{self.fingerprint(spec)}:{spec.backend}")
-        exported = spec.backend == "torch" or self.onnx_dir(spec, handler).is_dir()
+        exported = spec.backend == "torch" or onnx_location(spec, kind, self.home, self.fingerprint(spec)).is_dir()
         if isinstance(recorded, (int, float)) and exported:
             return float(recorded)
         size = sum(p.stat().st_size for p in spec.path.rglob("*") if p.is_file())

@@ -16,6 +16,10 @@ from .errors import BadRequestError, InferenceError, ModelNotFoundError
 from .payload import format_validation_error
 
 Backend = Literal["onnx", "torch"]
+# fp32: the export as optimum writes it. int8: that export quantised by ONNX Runtime (runtime/quantize.py), with its
+# drift from fp32 measured when it is made (drift.py).
+Precision = Literal["fp32", "int8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 
 class RegistryError(InferenceError):
@@ -33,6 +37,7 @@ class ModelSpec:
     task: str | None = None
     backend: Backend = "onnx"
     origin: str = "folder"  # "<models.toml path> [models.<id>]", "folder" or "hf-cache"
+    precision: Precision | None = None  # None: not set for this model (the engine's default, else fp32)
 
 
 class _Entry(BaseModel):
@@ -41,6 +46,7 @@ class _Entry(BaseModel):
     package: str | None = None  # `path` is then relative to this installed package's folder
     task: str | None = None
     backend: Backend = "onnx"
+    precision: Precision | None = None
 
 
 class Registry:
@@ -89,7 +95,8 @@ class Registry:
     def _resolve(self, model_id: str) -> ModelSpec:
         if model_id in self.entries:
             entry, where, folder = self.entries[model_id]
-            return ModelSpec(model_id, self._entry_folder(entry, where, folder), entry.task, entry.backend, where)
+            path = self._entry_folder(entry, where, folder)
+            return ModelSpec(model_id, path, entry.task, entry.backend, where, entry.precision)
         looked = [f"models file {self.toml_path}" if self.toml_path else "no models file"]
         if self.allow_paths:
             folder = Path(model_id).expanduser()
@@ -153,6 +160,13 @@ KNOWN_TASKS = (
     "translation",
     "zero-shot-classification",
 )
+
+
+def check_precision(precision: str, where: str = "precision") -> Precision:
+    """`precision` if it is one localinfer runs; a 400 naming the known ones otherwise."""
+    if precision not in PRECISIONS:
+        raise BadRequestError(f"{where}: unknown precision {precision!r}; known precisions: {', '.join(PRECISIONS)}")
+    return precision  # type: ignore[return-value]
 
 
 def check_task_name(task: str, where: str = "task") -> None:

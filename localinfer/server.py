@@ -96,12 +96,14 @@ def _registry(engine: LocalInference) -> list[dict[str, str | int | None]]:
                     "model_id": model_id,
                     "task": handler.name,
                     "backend": spec.backend,
+                    "precision": engine.precision_of(model_id),
                     "state": engine.state(model_id),
                     "queue_depth": engine.queue_depth(model_id),  # requests waiting for a batch
                 }
             )
         except InferenceError as exc:
-            listed.append({"model_id": model_id, "task": None, "backend": None, "state": f"error: {exc.message}"})
+            error = f"error: {exc.message}"
+            listed.append({"model_id": model_id, "task": None, "backend": None, "precision": None, "state": error})
     return listed
 
 

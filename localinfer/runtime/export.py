@@ -31,12 +31,14 @@ class ExportKind:
     `sessions` names the ONNX files a generation task runs step by step (localinfer.decoding): each is opened
     once, in one ONNX Runtime session; on the PyTorch route such a kind loads the model for a pipeline. Without
     it, one ONNX Runtime session runs `model.onnx`.
+    `precision` "int8": the fp32 export quantised (runtime/quantize.py), in a folder of its own.
     """
 
     task: str
     library: str = "transformers"
     exporter: str = "optimum"
     sessions: tuple[str, ...] = ()
+    precision: str = "fp32"
 
 
 # name -> "module:function(model folder, output folder)": exporters for models optimum cannot export.
@@ -52,10 +54,20 @@ def existing_onnx(folder: Path) -> Path | None:
 
 
 def export_dir(home: Path, model_id: str, fingerprint: str, kind: ExportKind) -> Path:
-    """Where the export of these weights, for this kind, by these library versions, lives."""
-    key = json.dumps([fingerprint, kind.task, kind.library, kind.exporter, graph_versions()], sort_keys=True)
+    """Where the export of these weights, for this kind, by these library versions, lives.
+
+    An int8 export's key adds its precision and what shapes the quantised graph (the recipe, ONNX Runtime's
+    version): it never shares a folder with the fp32 one, whose key stays as it was before int8 existed."""
+    parts: list = [fingerprint, kind.task, kind.library, kind.exporter, graph_versions()]
+    task = kind.task
+    if kind.precision != "fp32":
+        from .quantize import quantization_key
+
+        parts += [kind.precision, quantization_key()]
+        task = f"{kind.task}--{kind.precision}"
+    key = json.dumps(parts, sort_keys=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "--", model_id).strip("-.")[-60:] or "model"
-    return home / "exports" / f"{slug}--{kind.task}--{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return home / "exports" / f"{slug}--{task}--{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:

@@ -1,8 +1,9 @@
 """Shippable exports: a self-contained folder with a manifest the runtime reads instead of guessing.
 
 `localinfer export MODEL --out DIR` writes the ONNX graph(s), the tokenizer / processor / config files of the
-source (never its PyTorch weights) and `localinfer.json`: the task, how it was exported, a fingerprint of the
-source weights and the library versions. DIR then serves as a model id, or as a models.toml `path`, on a machine
+source (never its PyTorch weights) and `localinfer.json`: the task, how it was exported (its precision
+included), a fingerprint of the source weights, the library versions and, for an int8 export, its drift from fp32
+as measured when it was quantised. DIR then serves as a model id, or as a models.toml `path`, on a machine
 with the runtime alone.
 """
 
@@ -15,10 +16,12 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadRequestError, InferenceError
 from .export import ExportKind
 from .fingerprint import graph_versions
+from .quantize import read_record
 
 MANIFEST = "localinfer.json"
 FORMAT = 1
@@ -39,6 +42,7 @@ class Manifest:
     kind: ExportKind
     source: dict[str, str]  # model_id, fingerprint (of the source weights' folder)
     versions: dict[str, str]
+    drift: dict[str, Any] | None = None  # int8: measured against fp32 when quantised (localinfer.drift)
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -52,7 +56,10 @@ def read_manifest(folder: Path) -> Manifest | None:
             raise ValueError(f"format {data.get('format')!r}, this localinfer reads format {FORMAT}")
         known = {f.name for f in fields(ExportKind)}  # a field of an older localinfer (ort_class) is ignored
         export = {k: tuple(v) if isinstance(v, list) else v for k, v in data["export"].items() if k in known}
-        return Manifest(data["task"], ExportKind(**export), dict(data["source"]), dict(data["versions"]))
+        drift = data.get("drift")
+        return Manifest(
+            data["task"], ExportKind(**export), dict(data["source"]), dict(data["versions"]), drift and dict(drift)
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InferenceError(f"{path}: not a localinfer export manifest ({exc})") from None
 
@@ -122,6 +129,9 @@ def write_export(
             "source": {"model_id": model_id, "fingerprint": fingerprint},
             "versions": _versions(),
         }
+        record = read_record(onnx_folder)
+        if record is not None:
+            manifest["drift"] = record.get("drift")
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if destination.is_dir():
             destination.rmdir()  # empty, checked above

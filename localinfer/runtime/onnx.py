@@ -47,19 +47,28 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+def compute_type(session: Any, precision: str = "fp32") -> str:
+    """The `x-compute-type` of answers from `session`: the hosted API's `cpu+optimized` (or `gpu+optimized`) for
+    fp32 graphs; `cpu+int8` (or `gpu+int8`) for quantised ones, which answer a little differently."""
+    device = "gpu" if "CUDA" in session.get_providers()[0] else "cpu"
+    return f"{device}+optimized" if precision == "fp32" else f"{device}+{precision}"
+
+
 class OnnxRunner:
     """Runs an ONNX graph: named numpy inputs in, named numpy outputs out."""
 
     backend = "onnx"
 
-    def __init__(self, model_path: Path, *, threads: int | None = None, task: str | None = None) -> None:
+    def __init__(
+        self, model_path: Path, *, threads: int | None = None, precision: str = "fp32", task: str | None = None
+    ) -> None:
         import onnxruntime as ort
 
         options = session_options(threads, memory_pattern=task not in WAVEFORM_TASKS)
         self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers())
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.compute_type = "gpu+optimized" if "CUDA" in self.session.get_providers()[0] else "cpu+optimized"
+        self.compute_type = compute_type(self.session, precision)
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the graph. `outputs` names the outputs wanted; those it lacks are skipped (all if none match)."""
@@ -81,7 +90,9 @@ class OnnxSessions:
 
     backend = "onnx"
 
-    def __init__(self, folder: Path, names: Sequence[str], *, threads: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, names: Sequence[str], *, threads: int | None = None, precision: str = "fp32"
+    ) -> None:
         import onnxruntime as ort
 
         missing = [name for name in names if not (folder / name).is_file()]
@@ -94,5 +105,4 @@ class OnnxSessions:
             name: ort.InferenceSession(str(folder / name), sess_options=options, providers=providers())
             for name in names
         }
-        first = next(iter(self.sessions.values()))
-        self.compute_type = "gpu+optimized" if "CUDA" in first.get_providers()[0] else "cpu+optimized"
+        self.compute_type = compute_type(next(iter(self.sessions.values())), precision)
