@@ -147,6 +147,7 @@ def loop_overhead(vocab: int = 50257, tokens: int = 200, repeats: int = 3) -> di
     from localinfer.decoding import generate
 
     table = np.random.default_rng(0).standard_normal((64, vocab)).astype(np.float32) * 3
+    logits: dict[tuple[int, int], np.ndarray] = {}
 
     class Instant:
         vocab_size = vocab
@@ -155,8 +156,15 @@ def loop_overhead(vocab: int = 50257, tokens: int = 200, repeats: int = 3) -> di
             self.calls = 0
 
         def step(self, ids: np.ndarray) -> np.ndarray:
+            # A contiguous array, as an ONNX Runtime step returns (a broadcast view would make the loop copy what no
+            # real model makes it copy), built once per logits row and row count; read-only, so that a loop that
+            # wrote into the model's logits would fail here rather than change the next steps.
             self.calls += 1
-            return np.broadcast_to(table[self.calls % 64], (len(ids), vocab))
+            key = (self.calls % 64, len(ids))
+            if key not in logits:
+                logits[key] = np.repeat(table[key[0]][None], len(ids), axis=0)
+                logits[key].flags.writeable = False
+            return logits[key]
 
         def reorder(self, rows: np.ndarray) -> None:
             pass
