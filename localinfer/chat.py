@@ -57,7 +57,12 @@ class Chat:
 
 
 def open_chat(
-    engine: LocalInference, model_id: str, messages: list[dict[str, str]], parameters: dict[str, Any]
+    engine: LocalInference,
+    model_id: str,
+    messages: list[dict[str, str]],
+    parameters: dict[str, Any],
+    *,
+    wait: bool = True,
 ) -> Chat:
     """Validate and prepare a chat (the template applied, the first choice checked); raises InferenceError."""
     with applied(engine.limits):
@@ -71,7 +76,7 @@ def open_chat(
             validated = ChatParameters.model_validate(parameters)
         except ValidationError as exc:
             raise BadRequestError(format_validation_error(exc, "parameters")) from None
-        model = engine.preload(model_id)
+        model = engine.preload(model_id, wait=wait)  # a loading model: 503 unless `wait` (emulated loading)
         if not model.kind.task.startswith("text-generation"):
             raise BadRequestError(f"{model_id} is an encoder-decoder: chat completions need a causal language model")
         prompt = chat_prompt(generation_tokenizer(model), messages, model_id)
@@ -80,12 +85,14 @@ def open_chat(
         return chat
 
 
-def embed(engine: LocalInference, model_id: str, texts: list[str]) -> tuple[list[list[float]], int]:
+def embed(
+    engine: LocalInference, model_id: str, texts: list[str], *, wait: bool = True
+) -> tuple[list[list[float]], int]:
     """One vector per text (the feature-extraction answer) and the token count of the texts."""
     _, handler = engine.resolve(model_id)
     if handler.name not in EMBEDDING_TASKS:
         raise BadRequestError(f"{model_id} is a {handler.name} model: embeddings need a feature-extraction model")
-    model = engine.preload(model_id, task="feature-extraction")
+    model = engine.preload(model_id, task="feature-extraction", wait=wait)
     if model.kind.library != "sentence_transformers":
         raise BadRequestError(
             f"{model_id} answers feature-extraction with token features, not one vector per input: embeddings need a "

@@ -224,9 +224,10 @@ class LocalInference:
         except ModelLoadingError:
             pass
 
-    def preload(self, model_id: str, *, task: str | None = None) -> LoadedModel:
-        """Load (and export, if needed) a model now, waiting for it."""
-        return self._loaded(*self._resolve(model_id, task), wait=True)
+    def preload(self, model_id: str, *, task: str | None = None, wait: bool = True) -> LoadedModel:
+        """Load (and export, if needed) a model now, waiting for it; with `wait=False` on an engine that emulates
+        loading, a model still loading is a 503 with `estimated_time`, as a query without `wait_for_model`."""
+        return self._loaded(*self._resolve(model_id, task), wait=wait)
 
     def export(self, model_id: str, *, task: str | None = None, precision: str | None = None) -> Path:
         """Export a model to ONNX ahead of time (int8: quantised, its drift measured); returns the folder of its

@@ -164,7 +164,9 @@ def handle(
         return json_response(UNAUTHORIZED, 401)
     try:
         if tgi.wants_stream(body):
-            stream = tgi.open_stream(engine, target.model_id, body, task=target.task)
+            stream = tgi.open_stream(
+                engine, target.model_id, body, task=target.task, options=options_from_headers(headers)
+            )
             response = HttpResponse(200, {"content-type": "text/event-stream", "cache-control": "no-cache"}, b"")
             response.stream, response.model_id, response.task = stream, target.model_id, "text-generation"
             return response

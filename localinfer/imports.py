@@ -26,6 +26,12 @@ _BASE = (
 _lock = threading.Lock()
 _ready = False
 
+# Building a PyTorch model (an export, or the PyTorch route's load) one at a time per process: transformers builds
+# models under process-wide switches (the default device and dtype, `init_empty_weights`), so two threads building
+# at once interfere: two exports at once failed with "Tensor on device meta is not on the expected device cpu"
+# (a server exporting the models of models.toml on its loading threads). Exports are CPU-bound, so little is lost.
+TORCH_BUILD_LOCK = threading.RLock()
+
 
 def transformers_ready() -> None:
     """Import transformers' base modules once per process, one thread at a time (the others wait)."""

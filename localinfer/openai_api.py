@@ -34,7 +34,7 @@ from . import __version__
 from .chat import Chat, embed, open_chat
 from .engine import LocalInference
 from .errors import InferenceError
-from .http import UNAUTHORIZED, HttpResponse, authorized, json_response
+from .http import UNAUTHORIZED, HttpResponse, authorized, json_response, options_from_headers
 from .payload import format_validation_error
 from .tgi import sse
 
@@ -204,9 +204,14 @@ def handle(
         return error_response(401, UNAUTHORIZED["error"], code="invalid_api_key")
     if target.kind == "models":
         return json_response(models(engine))
+    # As the hosted routes: a model still loading answers 503 (OpenAI's shape, Retry-After) on an engine that
+    # emulates loading, unless the request asks to wait (`x-wait-for-model`).
+    wait = options_from_headers(headers).get("wait_for_model", False)
     try:
         response = (
-            embeddings(engine, body) if target.kind == "embeddings" else chat_completions(engine, target.model_id, body)
+            embeddings(engine, body, wait=wait)
+            if target.kind == "embeddings"
+            else chat_completions(engine, target.model_id, body, wait=wait)
         )
     except InferenceError as exc:
         response = from_inference_error(exc)
@@ -234,12 +239,12 @@ def models(engine: LocalInference) -> dict[str, Any]:
     return {"object": "list", "data": listed}
 
 
-def embeddings(engine: LocalInference, body: bytes) -> HttpResponse:
+def embeddings(engine: LocalInference, body: bytes, *, wait: bool = True) -> HttpResponse:
     request = _validated(EmbeddingsRequest, body)
     if isinstance(request, HttpResponse):
         return request
     texts = [request.input] if isinstance(request.input, str) else request.input
-    vectors, tokens = embed(engine, request.model, texts)
+    vectors, tokens = embed(engine, request.model, texts, wait=wait)
     if request.dimensions is not None and vectors and request.dimensions != len(vectors[0]):
         return error_response(
             400, f"dimensions: {request.model} answers {len(vectors[0])} dimensions", param="dimensions"
@@ -261,7 +266,7 @@ def _encoded(vector: list[float], encoding: str) -> list[float] | str:
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
-def chat_completions(engine: LocalInference, path_model: str | None, body: bytes) -> HttpResponse:
+def chat_completions(engine: LocalInference, path_model: str | None, body: bytes, *, wait: bool = True) -> HttpResponse:
     request = _validated(ChatCompletionRequest, body)
     if isinstance(request, HttpResponse):
         return request
@@ -271,7 +276,7 @@ def chat_completions(engine: LocalInference, path_model: str | None, body: bytes
     if not model_id:
         return error_response(400, "model: field required", param="model")
     messages = [m.as_template_message() for m in request.messages]
-    chat = open_chat(engine, model_id, messages, request.parameters())
+    chat = open_chat(engine, model_id, messages, request.parameters(), wait=wait)
     reply = _ChatReply(chat, request, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()))
     if request.stream:
         response = HttpResponse(200, {"content-type": "text/event-stream", "cache-control": "no-cache"}, b"")

@@ -45,9 +45,18 @@ def sse(event: Any) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
-def open_stream(engine: LocalInference, model_id: str, body: bytes, *, task: str | None = None) -> Iterator[bytes]:
+def open_stream(
+    engine: LocalInference,
+    model_id: str,
+    body: bytes,
+    *,
+    task: str | None = None,
+    options: dict[str, bool] | None = None,
+) -> Iterator[bytes]:
     """Validate a streamed text-generation request and return its events (nothing is generated until they are
-    iterated; closing the iterator stops the generation). Raises InferenceError before the first event."""
+    iterated; closing the iterator stops the generation). Raises InferenceError before the first event: a model
+    still loading is a 503, as the route's other answers, unless the request (or `options`, from its headers) sets
+    `wait_for_model`."""
     _, handler = engine.resolve(model_id, task)
     if not isinstance(handler, TextGeneration):
         raise BadRequestError(f"stream: streamed answers are text-generation's, not {handler.name}'s")
@@ -58,7 +67,8 @@ def open_stream(engine: LocalInference, model_id: str, body: bytes, *, task: str
         inputs, parameters = handler.validate(request.inputs, request.parameters)
         if not isinstance(inputs, str):
             raise BadRequestError("inputs: a streamed answer is to one prompt (a string)")
-        model = engine.preload(model_id, task=task)
+        wait = (options or {}).get("wait_for_model", request.options.wait_for_model)
+        model = engine.preload(model_id, task=task, wait=wait)
         opened = handler.open_stream(model, inputs, parameters, logprobs=parameters.details)
     return _events(handler, generation_tokenizer(model), inputs, parameters, opened)
 

@@ -230,3 +230,15 @@ def test_models_loading_on_several_threads_at_once(engine, home):
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_models_exporting_on_several_threads_at_once(tiny, tmp_path):
+    """A server's preload exports the models of models.toml on its loading threads at once: each export answers.
+    Two PyTorch models built at once interfere (transformers' process-wide device and init switches: "Tensor on
+    device meta is not on the expected device cpu"), so localinfer builds one at a time (TORCH_BUILD_LOCK)."""
+    engine = _fresh_engine(tiny, tmp_path, emulate_loading=True)
+    models = ("tiny/gpt2", "tiny/bart", "tiny/st-cls", "tiny/vit")
+    for model_id in models:
+        engine.start_loading(model_id)
+    for model_id in models:
+        assert engine.preload(model_id).runner.backend == "onnx"

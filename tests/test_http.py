@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 
@@ -60,3 +62,45 @@ def test_handle(engine):
         engine, "POST", "/models/tiny/bert-base", {"Authorization": "Bearer s3cret"}, payload, token="s3cret"
     )
     assert ok.status == 200
+
+
+def test_streams_and_openai_routes_answer_503_while_loading(engine, monkeypatch):
+    """With emulated loading (the server's), a TGI stream, a chat completion and an embeddings request to a model
+    still loading answer 503 as the model route does (the OpenAI routes in OpenAI's shape with Retry-After), and
+    wait for it with `x-wait-for-model`."""
+    import threading
+
+    import localinfer.engine as engine_module
+    from localinfer import LocalInference
+
+    release = threading.Event()
+    original = engine_module.load_model
+
+    def held(*args, **kwargs):
+        release.wait(60)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "load_model", held)
+    loading = LocalInference(engine.models_file, engine.home, emulate_loading=True)
+    stream = json.dumps({"inputs": "Hello", "stream": True, "parameters": {"max_new_tokens": 2}}).encode()
+    chat = json.dumps({"model": "tiny/gpt2-chat", "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    embed = json.dumps({"model": "tiny/st-cls", "input": "a happy dog"}).encode()
+    requests = [
+        ("/models/tiny/gpt2", stream),
+        ("/v1/chat/completions", chat),
+        ("/v1/embeddings", embed),
+    ]
+    for path, body in requests:
+        response = http.handle(loading, "POST", path, {}, body)
+        assert response.status == 503, (path, response.body)
+        error = json.loads(response.body)["error"]
+        if path.startswith("/v1"):
+            assert error["code"] == "model_loading" and int(response.headers["retry-after"]) >= 1
+        else:
+            assert error.endswith("is currently loading")
+    release.set()
+    for path, body in requests:
+        response = http.handle(loading, "POST", path, {"X-Wait-For-Model": "true"}, body)
+        assert response.status == 200, (path, response.body)
+        if response.stream is not None:
+            assert b"".join(response.stream).startswith(b"data: ")

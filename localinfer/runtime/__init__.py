@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import EXPORT_PACKAGES, export_extra_missing
+from ..imports import TORCH_BUILD_LOCK
 from ..registry import ModelSpec
 from ..text import read_json
 from .export import ExportKind, existing_onnx, export_dir, export_onnx
@@ -99,7 +100,8 @@ def load_model(
         from .torch import TorchPipelineModel, TorchRunner
 
         try:
-            runner: Runner = TorchPipelineModel(spec.path, kind) if kind.sessions else TorchRunner(spec.path, kind)
+            with TORCH_BUILD_LOCK:
+                runner: Runner = TorchPipelineModel(spec.path, kind) if kind.sessions else TorchRunner(spec.path, kind)
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
                 raise

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EXPORT_PACKAGES, MissingExtraError, export_extra_missing
-from ..imports import transformers_ready
+from ..imports import TORCH_BUILD_LOCK, transformers_ready
 from .fingerprint import graph_versions
 
 log = logging.getLogger("localinfer")
@@ -84,7 +84,7 @@ def export_onnx(folder: Path, kind: ExportKind, destination: Path) -> Path:
     log.info("exporting %s to ONNX (%s), first use only ...", folder, kind.task)
     started = time.perf_counter()
     try:
-        with _quiet():
+        with TORCH_BUILD_LOCK, _quiet():  # _quiet's switches are process-wide too
             _export(folder, kind, staging)
         try:
             staging.rename(destination)
