@@ -365,7 +365,7 @@ class LocalInference:
 
         model = load_model(spec, kind, home=self.home, fingerprint=fingerprint, threads=self.threads, measure=measure)
         if exported:  # a load that exported first would overstate the next load's time
-            self._record_load_time(spec, model.load_seconds)
+            self._record_load_time(spec, kind, model.load_seconds)
         log.debug("loaded %s (%s) in %.2f s", spec.model_id, spec.backend, model.load_seconds)
         return model
 
@@ -378,7 +378,7 @@ class LocalInference:
             known = json.loads(self._load_times_file().read_text())
         except (OSError, ValueError):
             known = {}
-        recorded = known.get(f"{self.fingerprint(spec)}:{spec.backend}")
+        recorded = known.get(self._load_key(spec, kind))
         exported = spec.backend == "torch" or onnx_location(spec, kind, self.home, self.fingerprint(spec)).is_dir()
         if isinstance(recorded, (int, float)) and exported:
             return float(recorded)
@@ -386,14 +386,19 @@ class LocalInference:
         estimate = size / _LOAD_BYTES_PER_S + 0.5
         return estimate if exported else estimate + _EXPORT_FIXED_S + size / _EXPORT_BYTES_PER_S
 
-    def _record_load_time(self, spec: ModelSpec, seconds: float) -> None:
+    def _load_key(self, spec: ModelSpec, kind: ExportKind) -> str:
+        """A load time's key: the weights, the backend and the export (its task and precision: an int8 export, or
+        another task's, loads in its own time)."""
+        return f"{self.fingerprint(spec)}:{spec.backend}:{kind.task}:{kind.precision}"
+
+    def _record_load_time(self, spec: ModelSpec, kind: ExportKind, seconds: float) -> None:
         path = self._load_times_file()
         with self._lock:
             try:
                 known = json.loads(path.read_text())
             except (OSError, ValueError):
                 known = {}
-            known[f"{self.fingerprint(spec)}:{spec.backend}"] = round(seconds, 3)
+            known[self._load_key(spec, kind)] = round(seconds, 3)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".{os.getpid()}.tmp")

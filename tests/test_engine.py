@@ -97,6 +97,7 @@ def test_emulated_loading_answers_503_then_the_result(tiny, tmp_path, monkeypatc
     assert not (tmp_path / "home" / "load_times.json").exists()
     LocalInference(engine.models_file, tmp_path / "home").preload(CLASSIFIER)
     recorded = json.loads((tmp_path / "home" / "load_times.json").read_text())
+    assert [key.split(":")[1:] for key in recorded] == [["onnx", "text-classification", "fp32"]]  # per export
     original = engine_module.load_model
     monkeypatch.setattr(engine_module, "load_model", lambda *a, **k: (time.sleep(0.5), original(*a, **k))[1])
     again = LocalInference(engine.models_file, tmp_path / "home", emulate_loading=True)
