@@ -203,6 +203,11 @@ class LocalInference:
             answer.characters = _characters(inputs)
         return answer
 
+    def compute_type(self, model_id: str, *, task: str | None = None) -> str:
+        """What computes `model_id`'s answers (the `x-compute-type` header): `cpu+optimized`, `cpu+int8`, `cpu`..."""
+        spec, _, kind = self._resolve(model_id, task)
+        return self._compute_type(spec, kind)
+
     def _compute_type(self, spec: ModelSpec, kind: ExportKind) -> str:
         """What computes this model's answers: the loaded runner's type, else what its backend would be."""
         with self._lock:

@@ -167,7 +167,12 @@ def handle(
             stream = tgi.open_stream(
                 engine, target.model_id, body, task=target.task, options=options_from_headers(headers)
             )
-            response = HttpResponse(200, {"content-type": "text/event-stream", "cache-control": "no-cache"}, b"")
+            headers = {
+                "content-type": "text/event-stream",
+                "cache-control": "no-cache",
+                "x-compute-type": engine.compute_type(target.model_id, task=target.task),
+            }
+            response = HttpResponse(200, headers, b"")
             response.stream, response.model_id, response.task = stream, target.model_id, "text-generation"
             return response
         answer = engine.answer(target.model_id, body, task=target.task, options=options_from_headers(headers))

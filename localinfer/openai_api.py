@@ -218,6 +218,9 @@ def handle(
     except Exception:  # never a traceback to the client
         log.exception("unexpected failure on the %s route", target.kind)
         response = error_response(500, "unknown error")
+    if response.status == 200 and response.model_id is not None:  # what computed it, as the hosted routes say
+        loaded_as = "feature-extraction" if target.kind == "embeddings" else None  # as embed / open_chat load it
+        response.headers["x-compute-type"] = engine.compute_type(response.model_id, task=loaded_as)
     if response.model_id is None:  # an error: which model was asked, for the interceptor's record of calls
         response.model_id = target.model_id or _asked_model(body)
         response.task = "feature-extraction" if target.kind == "embeddings" else "text-generation"

@@ -102,5 +102,6 @@ def test_streams_and_openai_routes_answer_503_while_loading(engine, monkeypatch)
     for path, body in requests:
         response = http.handle(loading, "POST", path, {"X-Wait-For-Model": "true"}, body)
         assert response.status == 200, (path, response.body)
+        assert response.headers["x-compute-type"] == "cpu+optimized"
         if response.stream is not None:
             assert b"".join(response.stream).startswith(b"data: ")
