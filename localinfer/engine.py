@@ -175,9 +175,24 @@ class LocalInference:
     def stream(self, model_id: str, payload: Any, *, task: str | None = None) -> Iterator[str]:
         """The new text of a text-generation answer, piece by piece as it is decoded (never from the cache):
         the pieces joined equal the answer's new text. One prompt, num_beams 1, one sequence."""
+        handler, model, inputs, parameters = self.prepare_stream(model_id, payload, task=task, wait=True)
+        return handler.stream(model, inputs, parameters)
+
+    def prepare_stream(
+        self,
+        model_id: str,
+        payload: Any,
+        *,
+        task: str | None = None,
+        options: dict[str, bool] | None = None,
+        wait: bool | None = None,
+    ) -> tuple[Any, LoadedModel, str, Any]:
+        """A streamed text-generation request checked (bounds, inputs, parameters) and its model loaded: the
+        handler, the model, the prompt and the parameters. `options` (from headers) override the payload's; the
+        load is waited for when `wait`, else as the request's `wait_for_model` says (a 503 on an engine that
+        emulates loading)."""
         spec, handler, kind = self._resolve(model_id, task)
-        stream = getattr(handler, "stream", None)
-        if stream is None:
+        if getattr(handler, "stream", None) is None:
             raise BadRequestError(f"streaming answers text-generation, not {handler.name}")
         with applied(self.limits):
             request = parse_payload(payload, media=False)
@@ -186,10 +201,12 @@ class LocalInference:
             inputs, parameters = handler.validate(request.inputs, request.parameters)
         if not isinstance(inputs, str):
             raise BadRequestError("inputs: streaming answers one prompt (a string)")
-        model = self._loaded(spec, handler, kind, wait=True)
+        if wait is None:
+            wait = (options or {}).get("wait_for_model", request.options.wait_for_model)
+        model = self._loaded(spec, handler, kind, wait=wait)
         if model.runner.backend != "onnx":
             raise BadRequestError("streaming runs on ONNX Runtime, not on the PyTorch route")
-        return stream(model, inputs, parameters)
+        return handler, model, inputs, parameters
 
     @staticmethod
     def _usage(answer: Answer, handler: Task, inputs: Any, declared_seconds: float) -> Answer:

@@ -19,9 +19,8 @@ from typing import Any
 import orjson
 
 from .engine import LocalInference
-from .errors import BadRequestError, InferenceError
-from .limits import applied, check_structure
-from .payload import parse_payload
+from .errors import InferenceError
+from .limits import applied
 from .tasks.generation import generation_tokenizer
 from .tasks.text_generation import TextGeneration, TokenStream
 
@@ -57,18 +56,8 @@ def open_stream(
     iterated; closing the iterator stops the generation). Raises InferenceError before the first event: a model
     still loading is a 503, as the route's other answers, unless the request (or `options`, from its headers) sets
     `wait_for_model`."""
-    _, handler = engine.resolve(model_id, task)
-    if not isinstance(handler, TextGeneration):
-        raise BadRequestError(f"stream: streamed answers are text-generation's, not {handler.name}'s")
+    handler, model, inputs, parameters = engine.prepare_stream(model_id, body, task=task, options=options)
     with applied(engine.limits):
-        request = parse_payload(body)
-        check_structure(request.inputs, "inputs", engine.limits)
-        check_structure(request.parameters, "parameters", engine.limits)
-        inputs, parameters = handler.validate(request.inputs, request.parameters)
-        if not isinstance(inputs, str):
-            raise BadRequestError("inputs: a streamed answer is to one prompt (a string)")
-        wait = (options or {}).get("wait_for_model", request.options.wait_for_model)
-        model = engine.preload(model_id, task=task, wait=wait)
         opened = handler.open_stream(model, inputs, parameters, logprobs=parameters.details)
     return _events(handler, generation_tokenizer(model), inputs, parameters, opened)
 
