@@ -63,7 +63,7 @@ class MissingExtraError(InferenceError):
 
 
 # The packages only the export side (`localinfer[export]`) installs.
-EXPORT_PACKAGES = ("torch", "optimum", "onnx", "sentence_transformers")
+EXPORT_PACKAGES = ("torch", "optimum", "onnx", "onnx_ir", "sentence_transformers")
 
 
 def export_extra_missing(what: str, exc: ModuleNotFoundError) -> MissingExtraError:

@@ -32,7 +32,8 @@ KINDS = {
     "wav2vec2-classifier": "audio",
 }
 CLASSIFIERS = {"distilbert-sentiment", "vit", "wav2vec2-classifier"}
-INTEGER_OPS = {"DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeLinear"}
+INTEGER_OPS = {"DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeLinear", "MatMulNBits"}
+DECODERS = {"bart", "gpt2", "whisper"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,44 @@ def _ops(path: Path) -> set[str]:
     return walk(onnx.load(str(path), load_external_data=False).graph)
 
 
+def _nodes(graph):
+    for node in graph.node:
+        yield graph, node
+        for attribute in node.attribute:
+            if attribute.g.node:
+                yield from _nodes(attribute.g)
+
+
+def _nbits(path: Path) -> set[int]:
+    """The weight bits of a graph's MatMulNBits nodes."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        helper.get_attribute_value(a)
+        for _, node in _nodes(model.graph)
+        if node.op_type == "MatMulNBits"
+        for a in node.attribute
+        if a.name == "bits"
+    }
+
+
+def _float_weights(path: Path) -> set[str]:
+    """'MatMul with a float weight' where a MatMul still reads a constant (an initializer of its graph or above)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    constants = {t.name for graph, _ in _nodes(model.graph) for t in graph.initializer} | {
+        t.name for t in model.graph.initializer
+    }
+    return {
+        "MatMul with a float weight"
+        for _, node in _nodes(model.graph)
+        if node.op_type == "MatMul" and node.input[1] in constants
+    }
+
+
 @pytest.mark.parametrize("name", list(KINDS))
 def test_int8_export_of_each_kind_answers_and_records_the_drift_it_has(name, engine, int8_engine):
     model_id = f"tiny/{name}"
@@ -73,6 +112,10 @@ def test_int8_export_of_each_kind_answers_and_records_the_drift_it_has(name, eng
     folder = int8_engine.onnx_dir(spec, handler)
     graphs = sorted(folder.glob("*.onnx"))
     assert graphs and all(_ops(graph) & INTEGER_OPS for graph in graphs), "every graph is quantised"
+    for graph in graphs:  # decoder step graphs: weight-only 8-bit, no float weight left in a MatMul
+        step = graph.name in ("model.onnx", "decoder_model_merged.onnx") and name in DECODERS
+        assert step == (_nbits(graph) != set()), graph.name
+        assert not step or (_nbits(graph) == {8} and "MatMul with a float weight" not in _float_weights(graph))
     record = read_record(folder)
     assert record["recipe"] == RECIPE
     recomputed = measure_drift(handler, engine.preload(model_id), int8_engine.preload(model_id))

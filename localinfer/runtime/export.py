@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import EXPORT_PACKAGES, MissingExtraError, export_extra_missing
 from ..imports import TORCH_BUILD_LOCK, transformers_ready
 from .fingerprint import graph_versions
+from .fuse import FUSION_VERSION, fuse_decoder_export
 
 log = logging.getLogger("localinfer")
 
@@ -41,6 +42,9 @@ class ExportKind:
     precision: str = "fp32"
 
 
+# optimum's tasks whose graph runtime/fuse.py rewrites after the export (its version is in their folders' key)
+FUSED_TASKS = frozenset({"text-generation-with-past"})
+
 # name -> "module:function(model folder, output folder)": exporters for models optimum cannot export.
 CUSTOM_EXPORTERS: dict[str, str] = {"tapas": "localinfer.runtime.tapas:export_tapas"}
 
@@ -59,6 +63,8 @@ def export_dir(home: Path, model_id: str, fingerprint: str, kind: ExportKind) ->
     An int8 export's key adds its precision and what shapes the quantised graph (the recipe, ONNX Runtime's
     version): it never shares a folder with the fp32 one, whose key stays as it was before int8 existed."""
     parts: list = [fingerprint, kind.task, kind.library, kind.exporter, graph_versions()]
+    if kind.task in FUSED_TASKS:
+        parts.append(FUSION_VERSION)
     task = kind.task
     if kind.precision != "fp32":
         from .quantize import quantization_key
@@ -140,6 +146,8 @@ def _export(folder: Path, kind: ExportKind, staging: Path) -> None:
             local_files_only=True,
             do_validation=False,
         )
+        if kind.task in FUSED_TASKS:
+            fuse_decoder_export(staging)
     else:
         module, function = CUSTOM_EXPORTERS[kind.exporter].split(":")
         getattr(importlib.import_module(module), function)(folder, staging)

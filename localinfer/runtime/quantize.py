@@ -13,15 +13,17 @@ The recipe (RECIPE; its numbers are in the README and benchmarks/bench_int8.py):
 - In encoders (and every graph without past key/values), the projections that write into the residual stream
   (attention output, feed-forward output) stay fp32; those that read the normalised residual (query, key, value,
   feed-forward input, a classifier's input) are int8: see `_excluded` for the numbers behind it.
-- In decoder step graphs (past key/values in, one token per step) every projection is int8: a decode step is
-  bound by reading the weights, so each fp32 weight left costs four times its int8 bytes on every token. GPT-2
-  small size (benchmarks/bench_int8.py, random weights, a loaded machine): all projections int8 read 90 MB a
-  token against 345 MB fp32 and ran 2.03x fp32's tokens/s; the encoder recipe read 196 MB and ran 1.5x; the
-  tokens agreed with fp32's alike (1.0 over 3 prompts x 64 tokens, 0.970 on the built-in probes).
+- Decoder step graphs (past key/values in, one token per step) are weight-only 8-bit instead (`MatMulNBits`,
+  `_weight_only_int8`): every projection, symmetric per block of 128 inputs, activations quantised per block of a
+  row at run time. A decode step is bound by reading the weights, and ONNX Runtime's dynamic int8 GEMV does not
+  stream them at the memory's speed. GPT-2 small size (bench_int8.py; a fused step, runtime/fuse.py, 2 cores,
+  interleaved): fp32 14.3 ms, dynamic int8 7.1 ms (2.0x), MatMulNBits 8-bit block 128 5.6 ms (2.56x), block 32
+  6.7 ms, block 256 5.6 ms; tokens agree with fp32's as the dynamic recipe's did (README: int8). Gemms, which
+  MatMulNBits does not take, are quantised dynamically.
 - Subgraphs (the merged decoder's `If` branches) are quantised too.
 
-The export side's `onnx` package is needed to quantise (the runtime-only install runs int8 folders, never makes
-them).
+The export side's `onnx` and `onnx-ir` packages are needed to quantise (the runtime-only install runs int8 folders,
+never makes them).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ log = logging.getLogger("localinfer")
 
 # What the quantised graph depends on besides the fp32 export: change it when the recipe changes, so that a
 # new recipe never reuses an old int8 folder.
-RECIPE = "dynamic-qint8-per-channel-matmul-gemm-residual-writers-fp32-decoders-int8-v1"
+RECIPE = "dynamic-qint8-per-channel-matmul-gemm-residual-writers-fp32-decoders-matmulnbits8-b128-v2"
+BLOCK = 128  # MatMulNBits' block of inputs sharing one scale (decoders); see _weight_only_int8
 RECORD = "localinfer-int8.json"  # in an int8 folder: the recipe, and the drift measured when it was made
 
 
@@ -123,6 +126,9 @@ def quantize_graph(source: Path, target: Path) -> None:
     decoder = any(i.name.startswith("past_key_values") for i in model.graph.input)
     excluded = [] if decoder else _excluded(model.graph)
     del model
+    if decoder:
+        _weight_only_int8(source, target, external)
+        source = target  # Gemms, which MatMulNBits does not take, are quantised dynamically below
     # quantize_dynamic warns that pre-processing (shape inference) may help: it does not change what it quantises.
     logging.getLogger().disabled, was = True, logging.getLogger().disabled
     try:
@@ -131,13 +137,41 @@ def quantize_graph(source: Path, target: Path) -> None:
             target,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            op_types_to_quantize=["MatMul", "Gemm"],
+            op_types_to_quantize=["Gemm"] if decoder else ["MatMul", "Gemm"],
             nodes_to_exclude=excluded,
             use_external_data_format=external,
-            extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True},
+            # DefaultTensorType: shape inference gives no types past ONNX Runtime's own ops (a fused decoder's
+            # MultiHeadAttention, runtime/fuse.py); every activation here is float
+            extra_options={
+                "MatMulConstBOnly": True,
+                "EnableSubgraph": True,
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+            },
         )
     finally:
         logging.getLogger().disabled = was
+
+
+def _weight_only_int8(source: Path, target: Path, external: bool) -> None:
+    """A decoder step graph's MatMuls with constant weights as MatMulNBits: 8-bit weights, symmetric per block of
+    BLOCK inputs, multiplied by activations quantised to int8 per block of the same rows (`accuracy_level` 4:
+    ONNX Runtime's integer kernel, VNNI where the CPU has it). Subgraphs (the merged decoder's branches) too."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
+    chatter = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")  # a line per node at INFO
+    level = chatter.level
+    chatter.setLevel(logging.WARNING)
+    try:
+        quantizer.process()
+    finally:
+        chatter.setLevel(level)
+    if external:
+        quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
+    else:
+        quantizer.model.save_model_to_file(str(target))
 
 
 def _initializers(graph: Any) -> list[Any]:

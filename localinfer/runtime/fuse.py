@@ -1,0 +1,377 @@
+"""Decoder step graphs made lean after optimum's export: attention with past as one ONNX Runtime node.
+
+A decode step reads every weight once, so its time should be the weights' streaming time. optimum's export of a
+decoder (transformers' SDPA attention traced by torch.onnx) leaves ~100 small nodes per layer around attention
+with past (Shape, Gather, Unsqueeze, Concat, Reshape, Transpose, the mask's Where and Slice, the scale's Sqrt), and
+a Reshape pair with computed shapes around every Conv1D projection: on GPT-2 small size ~1300 nodes a step, ~3 ms
+of a 15 ms step on 2 cores (benchmarks/bench_generation.py, README). ONNX Runtime's own transformer optimizer does
+not fuse this graph: its GPT-2 attention fusion expects the stacked `past_{i}` of its own exporter, and fuses only
+LayerNorm and Gelu here. Two rewrites, written here because no library makes them for optimum's graphs:
+
+- Attention with past -> `com.microsoft.MultiHeadAttention` (query, key, value [batch, n, hidden]; past and
+  present key/value [batch, heads, length, head_dim], optimum's layout; `unidirectional` for the causal mask;
+  the attention mask as its key padding mask). Matched from each `present.{i}.key|value` Concat back to the
+  projections' outputs and forward to the context's Reshape.
+- A projection flattened for Gemm (Reshape to 2-D -> Gemm -> Reshape back) -> MatMul + Add on the 3-D input
+  (MatMul broadcasts). It also leaves the weights in MatMul nodes, which int8 quantisation needs.
+
+Nothing is trusted to the pattern: the rewritten graph is run beside the exported one on random inputs (a
+prompt with a left-padded row, then a step with past) and kept only if its logits and presents agree within
+1e-4; otherwise the export stays as optimum made it (logged). Models whose attention differs (rotary, grouped
+heads, ALiBi, a custom scale) do not match or do not verify, and run unfused. Encoder-decoder decoders (the merged
+graph's `If` branches) are not rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("localinfer")
+
+# Part of an export's key (fingerprint.graph_versions): a new rewrite never reuses an old export.
+FUSION_VERSION = "decoder-mha-matmul-v1"
+TOLERANCE = 1e-4  # relative to the largest logit or present value
+
+
+def fuse_decoder_export(folder: Path, name: str = "model.onnx") -> dict[str, int]:
+    """Rewrite `folder/name` (a text-generation-with-past export) in place where the rewrite verifies.
+
+    Returns the rewrites applied ({"attention": layers, "projections": Gemms}); {} where nothing matched or the
+    rewritten graph did not answer as the exported one."""
+    import onnx
+
+    path = folder / name
+    model = onnx.load(str(path), load_external_data=True)
+    external = path.with_name(name + "_data").exists() or model.ByteSize() > (1 << 31) - (1 << 24)
+    for attempt in (("attention", "projections"), ("attention",), ("projections",)):
+        candidate = onnx.ModelProto()
+        candidate.CopyFrom(model)
+        counts = _rewrite(candidate, attempt)
+        if not any(counts.values()):
+            continue
+        trial = folder / ".fused"
+        shutil.rmtree(trial, ignore_errors=True)
+        trial.mkdir()
+        try:
+            _save(candidate, trial / name, external)
+            problem = compare(path, trial / name)
+            if problem is None:
+                for file in trial.iterdir():
+                    file.replace(folder / file.name)
+                log.info("decoder graph fused: %s", counts)
+                return counts
+            log.info("decoder graph left as exported: the %s rewrite %s", "+".join(attempt), problem)
+        finally:
+            shutil.rmtree(trial, ignore_errors=True)
+    return {}
+
+
+def _save(model: Any, path: Path, external: bool) -> None:
+    import onnx
+
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + "_data")
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _rewrite(model: Any, kinds: tuple[str, ...]) -> dict[str, int]:
+    graph = model.graph
+    counts = {"attention": 0, "projections": 0}
+    if "attention" in kinds:
+        counts["attention"] = _fuse_attention(graph)
+        if counts["attention"] and not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(_opset("com.microsoft", 1))
+    if "projections" in kinds:
+        counts["projections"] = _unflatten_projections(graph)
+    _prune(graph)
+    if _dangling(graph):
+        return {"attention": 0, "projections": 0}
+    return counts
+
+
+def _dangling(graph: Any) -> set[str]:
+    """Tensors some node reads but nothing makes (a Shape of a removed tensor that is still needed)."""
+    made = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    made |= {out for node in graph.node for out in node.output}
+    return {name for node in graph.node for name in node.input if name not in made}
+
+
+def _opset(domain: str, version: int) -> Any:
+    from onnx import helper
+
+    return helper.make_opsetid(domain, version)
+
+
+class _Graph:
+    """Producers and consumers of a graph's tensors."""
+
+    def __init__(self, graph: Any) -> None:
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list[Any]] = defaultdict(list)
+        for node in graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.outputs = {o.name for o in graph.output}
+        self.constants = {t.name: t for t in graph.initializer}
+
+    def parent(self, node: Any, index: int, op: str) -> Any | None:
+        """The node that makes `node`'s input `index`, if it is an `op`."""
+        if len(node.input) <= index:
+            return None
+        found = self.producer.get(node.input[index])
+        return found if found is not None and found.op_type == op else None
+
+    def only_child(self, name: str, op: str) -> Any | None:
+        """The one node that reads tensor `name` (besides Shape nodes, which only read its shape), if it is an
+        `op` and `name` is no graph output."""
+        readers = self.readers(name)
+        if len(readers) != 1 or name in self.outputs or readers[0].op_type != op:
+            return None
+        return readers[0]
+
+    def readers(self, name: str) -> list[Any]:
+        """The nodes that read tensor `name`'s values: its consumers but Shape nodes. A Shape node of a tensor
+        that a rewrite removes is left dangling; `_rewrite` abandons a rewrite whose graph still needs one."""
+        return [n for n in self.consumers.get(name, []) if n.op_type != "Shape"]
+
+
+def _attribute(node: Any, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _heads_split(g: _Graph, node: Any | None) -> str | None:
+    """The [batch, n, hidden] tensor behind `node` = Transpose(0, 2, 1, 3) of a Reshape to [batch, n, heads,
+    head_dim] (the reshape's shape is computed in the graph; the verification checks it)."""
+    if node is None or node.op_type != "Transpose" or list(_attribute(node, "perm", [])) != [0, 2, 1, 3]:
+        return None
+    reshape = g.parent(node, 0, "Reshape")
+    return reshape.input[0] if reshape is not None else None
+
+
+def _fuse_attention(graph: Any) -> int:
+    """Each layer's attention with past replaced by one MultiHeadAttention node; returns how many."""
+    from onnx import TensorProto, helper
+
+    inputs = {i.name: i for i in graph.input}
+    if "attention_mask" not in inputs:
+        return 0
+    g = _Graph(graph)
+    mask = "localinfer_attention_mask_int32"
+    new_nodes, removed, fused = [], set(), 0
+    layer = 0
+    while f"past_key_values.{layer}.key" in inputs:
+        found = _match_layer(g, inputs, layer)
+        layer += 1
+        if found is None:
+            continue
+        nodes, (query, key, value, context), heads = found
+        past_key, past_value = f"past_key_values.{layer - 1}.key", f"past_key_values.{layer - 1}.value"
+        new_nodes.append(
+            helper.make_node(
+                "MultiHeadAttention",
+                [query, key, value, "", mask, "", past_key, past_value],
+                [context, f"present.{layer - 1}.key", f"present.{layer - 1}.value"],
+                name=f"localinfer/layer{layer - 1}/MultiHeadAttention",
+                domain="com.microsoft",
+                num_heads=heads,
+                unidirectional=1,
+            )
+        )
+        removed |= {id(n) for n in nodes}
+        fused += 1
+    if not fused:
+        return 0
+    kept = [n for n in graph.node if id(n) not in removed]
+    cast = helper.make_node("Cast", ["attention_mask"], [mask], name="localinfer/mask_int32", to=TensorProto.INT32)
+    # MultiHeadAttention's inputs are made by the projections before it: place each after its last producer.
+    ordered = [cast, *kept]
+    for node in new_nodes:
+        position = max(i for i, n in enumerate(ordered) if set(n.output) & set(node.input)) + 1
+        ordered.insert(position, node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return fused
+
+
+def _match_layer(g: _Graph, inputs: dict[str, Any], layer: int) -> tuple[list, tuple, int] | None:
+    """The nodes of layer `layer`'s attention (from the projections' outputs to the context's Reshape) and the
+    MultiHeadAttention's query, key, value and context tensors; None where the graph differs."""
+    present_key, present_value = f"present.{layer}.key", f"present.{layer}.value"
+    concat_k, concat_v = g.producer.get(present_key), g.producer.get(present_value)
+    shape = inputs[f"past_key_values.{layer}.key"].type.tensor_type.shape.dim
+    if len(shape) != 4 or not shape[1].HasField("dim_value"):
+        return None
+    heads = shape[1].dim_value
+    for concat, past in ((concat_k, "key"), (concat_v, "value")):
+        if (
+            concat is None
+            or concat.op_type != "Concat"
+            or _attribute(concat, "axis") not in (2, -2)
+            or list(concat.input[:1]) != [f"past_key_values.{layer}.{past}"]
+            or len(concat.input) != 2
+        ):
+            return None
+    key_split, value_split = g.producer.get(concat_k.input[1]), g.producer.get(concat_v.input[1])
+    key, value = _heads_split(g, key_split), _heads_split(g, value_split)
+    if key is None or value is None:
+        return None
+    # scores = (Q * s) @ (K^T * s), K^T = Transpose(present.key, (0, 1, 3, 2))
+    transposed = [n for n in g.consumers[present_key] if n.op_type == "Transpose"]
+    if len(transposed) != 1 or list(_attribute(transposed[0], "perm", [])) != [0, 1, 3, 2]:
+        return None
+    key_scale = g.only_child(transposed[0].output[0], "Mul")
+    scores = key_scale and g.only_child(key_scale.output[0], "MatMul")
+    if scores is None or scores.input[1] != key_scale.output[0]:
+        return None
+    query_scale = g.parent(scores, 0, "Mul")
+    query_split = query_scale and g.producer.get(query_scale.input[0])
+    query = _heads_split(g, query_split)
+    if query is None:
+        return None
+    add = g.only_child(scores.output[0], "Add")
+    softmax = add and g.only_child(add.output[0], "Softmax")
+    if softmax is None or _attribute(softmax, "axis", -1) not in (-1, 3):
+        return None
+    probabilities, nan_guard = softmax.output[0], []
+    readers = g.readers(probabilities)
+    if len(readers) == 2 and {n.op_type for n in readers} == {"IsNaN", "Where"}:  # SDPA's fully-masked rows -> 0
+        is_nan = next(n for n in readers if n.op_type == "IsNaN")
+        where = next(n for n in readers if n.op_type == "Where")
+        if g.only_child(is_nan.output[0], "Where") is not where:
+            return None
+        nan_guard, probabilities = [is_nan, where], where.output[0]
+    weighted = g.only_child(probabilities, "MatMul")
+    if weighted is None or list(weighted.input) != [probabilities, present_value]:
+        return None
+    merge = g.only_child(weighted.output[0], "Transpose")
+    if merge is None or list(_attribute(merge, "perm", [])) != [0, 2, 1, 3]:
+        return None
+    context = g.only_child(merge.output[0], "Reshape")
+    if context is None:
+        return None
+    # The split heads and the scaled query feed nothing else (the concats read the key and value splits).
+    for node, reader in ((key_split, concat_k), (value_split, concat_v), (query_split, query_scale)):
+        if g.readers(node.output[0]) != [reader]:
+            return None
+    nodes = [concat_k, concat_v, transposed[0], key_scale, query_scale, scores, add, softmax, *nan_guard]
+    nodes += [weighted, merge, context]
+    nodes += [key_split, value_split, query_split]
+    nodes += [g.producer[n.input[0]] for n in (key_split, value_split, query_split)]  # their Reshapes
+    return nodes, (query, key, value, context.output[0]), heads
+
+
+def _unflatten_projections(graph: Any) -> int:
+    """Reshape(x, [-1, k]) -> Gemm(W, b) -> Reshape(back) rewritten as MatMul(x, W) + Add(b); returns how many.
+    (The reshapes' shapes are computed in the graph; the verification checks they flatten and restore.)"""
+    from onnx import helper, numpy_helper
+
+    g = _Graph(graph)
+    rewritten = 0
+    replace: dict[int, list] = {}
+    for gemm in graph.node:
+        if gemm.op_type != "Gemm" or len(gemm.input) != 3 or gemm.input[1] not in g.constants:
+            continue
+        if _attribute(gemm, "transA", 0) or _attribute(gemm, "alpha", 1.0) != 1.0 or _attribute(gemm, "beta", 1.0) != 1:
+            continue
+        flatten = g.parent(gemm, 0, "Reshape")
+        restore = g.only_child(gemm.output[0], "Reshape")
+        if flatten is None or restore is None or g.consumers[flatten.output[0]] != [gemm]:
+            continue
+        weight = gemm.input[1]
+        if _attribute(gemm, "transB", 0):
+            if len(g.consumers[weight]) > 1:  # shared with another node (tied weights): left as it is
+                continue
+            transposed = numpy_helper.to_array(g.constants[weight]).T
+            g.constants[weight].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(transposed), weight))
+        product = f"{gemm.output[0]}/matmul"
+        replace[id(flatten)] = []
+        replace[id(gemm)] = [
+            helper.make_node("MatMul", [flatten.input[0], weight], [product], name=f"{gemm.name}/MatMul")
+        ]
+        replace[id(restore)] = [
+            helper.make_node("Add", [product, gemm.input[2]], [restore.output[0]], name=f"{gemm.name}/Add")
+        ]
+        rewritten += 1
+    if rewritten:
+        nodes = [new for node in graph.node for new in replace.get(id(node), [node])]
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return rewritten
+
+
+def _prune(graph: Any) -> None:
+    """Drop the nodes whose outputs nothing reads any more, and the initializers no node reads."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(list(graph.node)):
+        subgraph_reads = {name for a in node.attribute if a.g.node for n in a.g.node for name in n.input}
+        if set(node.output) & needed or not node.output:
+            kept.append(node)
+            needed |= set(node.input) | subgraph_reads
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+
+
+def compare(reference: Path, candidate: Path, seed: int = 0) -> str | None:
+    """Run both decoder graphs on random inputs (a 2-row prompt of 5 tokens, the second row left-padded by 2,
+    then a one-token step with a past of 3); None where every logit of a real position and every present of a
+    real position agree within TOLERANCE (relative), else what differs."""
+    import onnxruntime as ort
+
+    from .onnx import session_options
+
+    sessions = [
+        ort.InferenceSession(str(p), sess_options=session_options(), providers=["CPUExecutionProvider"])
+        for p in (reference, candidate)
+    ]
+    names = [i.name for i in sessions[0].get_inputs()]
+    known = {"input_ids", "attention_mask", "position_ids", "cache_position"}
+    if any(n not in known and not n.startswith("past_key_values.") for n in names):
+        return "has inputs the check does not know"
+    rng = np.random.default_rng(seed)
+    vocab = next(o.shape[-1] for o in sessions[0].get_outputs() if o.name == "logits")
+    vocab = vocab if isinstance(vocab, int) else 16
+    for rows, new, past, pad in ((2, 5, 0, 2), (2, 1, 3, 0)):
+        mask = np.ones((rows, past + new), dtype=np.int64)
+        mask[1, :pad] = 0
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, past:]
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": rng.integers(0, vocab, (rows, new), dtype=np.int64),
+            "attention_mask": mask,
+            "position_ids": positions.astype(np.int64),
+            "cache_position": np.arange(past, past + new, dtype=np.int64),
+        }
+        for node in sessions[0].get_inputs():
+            if node.name.startswith("past_key_values."):
+                feeds[node.name] = rng.standard_normal((rows, node.shape[1], past, node.shape[3])).astype(np.float32)
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        outputs = [dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds), strict=True)) for s in sessions]
+        for name, expected in outputs[0].items():
+            got = outputs[1].get(name)
+            if got is None or got.shape != expected.shape:
+                return f"answers {name} in another shape"
+            if name == "logits":
+                expected, got = expected[:, -1], got[:, -1]  # the padded row's earlier positions are padding
+            else:
+                real = mask.astype(bool)  # present [rows, heads, past + new, head_dim]: padded positions aside
+                expected, got = expected.transpose(0, 2, 1, 3)[real], got.transpose(0, 2, 1, 3)[real]
+            scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+            difference = float(np.abs(expected - got).max(initial=0.0))
+            if not difference <= TOLERANCE * scale:
+                return f"differs in {name} by {difference:.3g}"
+    return None
