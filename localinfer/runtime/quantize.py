@@ -18,8 +18,9 @@ The recipe (RECIPE; its numbers are in the README and benchmarks/bench_int8.py):
   row at run time. A decode step is bound by reading the weights, and ONNX Runtime's dynamic int8 GEMV does not
   stream them at the memory's speed. GPT-2 small size (bench_int8.py; a fused step, runtime/fuse.py, 2 cores,
   interleaved): fp32 14.3 ms, dynamic int8 7.1 ms (2.0x), MatMulNBits 8-bit block 128 5.6 ms (2.56x), block 32
-  6.7 ms, block 256 5.6 ms; tokens agree with fp32's as the dynamic recipe's did (README: int8). Gemms, which
-  MatMulNBits does not take, are quantised dynamically.
+  6.7 ms, block 256 5.6 ms. Accuracy, logits along fp32's tokens (6 x 48, teacher-forced): relative error
+  0.028 and top-1 agreement 96.2 % at block 128, against 0.031 and 94.8 % for the dynamic recipe (README: int8).
+  Gemms, which MatMulNBits does not take, are quantised dynamically.
 - Subgraphs (the merged decoder's `If` branches) are quantised too.
 
 The export side's `onnx` and `onnx-ir` packages are needed to quantise (the runtime-only install runs int8 folders,
