@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ModelFailureError
 from ..runtime import ExportKind, LoadedModel
-from ..text import read_json, run_batched
+from ..text import read_json, run_tokenized
 from .base import BATCH_SIZE, text_tokenizer
 
 
@@ -113,12 +113,11 @@ def sentence_embeddings(model: LoadedModel, texts: list[str]) -> np.ndarray:
     pooled_in_graph = graph_outputs is None or "sentence_embedding" in graph_outputs
     wanted = ("sentence_embedding",) if pooled_in_graph else ("token_embeddings", "last_hidden_state")
 
-    def run(batch: list[str]) -> list[np.ndarray]:
-        feeds = tokenizer.encode(batch)
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = model.runner.run(feeds, wanted)
         if "sentence_embedding" in outputs:
             return list(outputs["sentence_embedding"])
         tokens = outputs.get("token_embeddings", outputs.get("last_hidden_state"))
         return list(pool(tokens, feeds["attention_mask"], config))
 
-    return np.stack(run_batched(texts, run, batch_size=BATCH_SIZE, length=len)).astype(np.float32)
+    return np.stack(run_tokenized(tokenizer, texts, run, batch_size=BATCH_SIZE)).astype(np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from ..runtime import ExportKind, LoadedModel
-from ..text import run_batched
+from ..text import run_tokenized
 from .base import BATCH_SIZE, Task, text_tokenizer
 from .embeddings import embedding_export_kind, sentence_embeddings
 
@@ -42,9 +42,8 @@ def token_features(model: LoadedModel, texts: list[str]) -> list[Any]:
     """Each text's last hidden state without padding, shaped [1][tokens][hidden] like the pipeline's."""
     tokenizer = text_tokenizer(model)
 
-    def run(batch: list[str]) -> list[Any]:
-        feeds = tokenizer.encode(batch)
+    def run(feeds: dict[str, np.ndarray]) -> list[Any]:
         hidden = model.runner.run(feeds)["last_hidden_state"].astype(np.float32)
         return [[row[mask.astype(bool)].tolist()] for row, mask in zip(hidden, feeds["attention_mask"], strict=True)]
 
-    return run_batched(texts, run, batch_size=BATCH_SIZE, length=len)
+    return run_tokenized(tokenizer, texts, run, batch_size=BATCH_SIZE)

@@ -11,7 +11,7 @@ from pydantic import Field
 from ..errors import BadRequestError
 from ..runtime import ExportKind, LoadedModel
 from ..scores import softmax
-from ..text import TextTokenizer, run_batched
+from ..text import TextTokenizer, run_tokenized
 from .base import BATCH_SIZE, Parameters, Task, text_tokenizer
 
 
@@ -46,15 +46,14 @@ class FillMask(Task):
                 raise BadRequestError(f"inputs: no mask token {mask_token} found in {text[:80]!r}")
         targets = _target_ids(tokenizer, parameters.targets) if parameters.targets is not None else None
 
-        def run(batch: list[str]) -> list[Any]:
-            feeds = tokenizer.encode(batch)
+        def run(feeds: dict[str, np.ndarray]) -> list[Any]:
             logits = model.runner.run(feeds, ("logits",))["logits"]
             answers = []
             for ids, mask_row, row in zip(feeds["input_ids"], feeds["attention_mask"], logits, strict=True):
                 answers.append(_fill(tokenizer, ids[mask_row.astype(bool)], row, mask_id, parameters.top_k, targets))
             return answers
 
-        answers = run_batched(texts, run, batch_size=BATCH_SIZE, length=len)
+        answers = run_tokenized(tokenizer, texts, run, batch_size=BATCH_SIZE)
         return answers[0] if isinstance(inputs, str) else answers
 
 

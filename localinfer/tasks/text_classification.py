@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime import ExportKind, LoadedModel
 from ..scores import apply_function
-from ..text import run_batched
+from ..text import run_tokenized
 from .base import BATCH_SIZE, FunctionToApply, Parameters, Task, text_tokenizer
 
 
@@ -54,11 +54,11 @@ class TextClassification(Task):
         function = parameters.function_to_apply or default_function(model.config)
         id2label = {int(k): v for k, v in (model.config.get("id2label") or {}).items()}
 
-        def run(batch: list) -> list[np.ndarray]:
-            return list(model.runner.run(tokenizer.encode(batch))["logits"].astype(np.float32))
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return list(model.runner.run(feeds)["logits"].astype(np.float32))
 
         results = []
-        for logits in run_batched(texts, run, batch_size=BATCH_SIZE, length=lambda t: len(str(t))):
+        for logits in run_tokenized(tokenizer, texts, run, batch_size=BATCH_SIZE):
             scores = apply_function(function, logits)
             ranked = sorted(
                 ({"label": id2label.get(i, f"LABEL_{i}"), "score": float(s)} for i, s in enumerate(scores)),
