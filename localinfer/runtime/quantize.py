@@ -1,26 +1,30 @@
 """int8 exports: the fp32 export's graphs quantised by ONNX Runtime (`onnxruntime.quantization`), atomically.
 
 The recipe (RECIPE; its numbers are in the README and benchmarks/bench_int8.py):
-- Dynamic quantisation (`quantize_dynamic`): int8 weights per output channel, activations quantised per tensor
-  at run time. No calibration set, so it applies to every export kind alike, and ONNX Runtime runs it with its
-  integer GEMM (VNNI where the CPU has it). Static QDQ needs calibration inputs per task and, on CPU, gains
-  nothing over dynamic for transformers (activations are re-quantised per tensor either way).
-- MatMul and Gemm with a constant weight only (`MatMulConstBOnly`): activation-by-activation MatMuls (attention
-  scores) stay fp32; quantising them both ways costs accuracy and saves no weight bytes.
+- Every MatMul with a constant weight becomes `MatMulNBits` at 8 bits (`_weight_only_int8`): weights symmetric per
+  block of inputs, activations quantised to int8 per block of each row at run time, ONNX Runtime's integer kernel
+  (VNNI where the CPU has it). Every projection of every export kind, encoders and decoders alike.
+- Why not dynamic quantisation (`quantize_dynamic`, the previous recipe): it quantises each activation per tensor,
+  over the whole batch. An answer then depends on the other inputs in its batch (a request batched with others
+  would not answer as it does alone), and the per-tensor range loses the rows with small activations. On
+  all-MiniLM-L6-v2 over 1000 varied sentences in batches of 32 sorted by tokens (min / mean cosine to fp32;
+  sentences per second, raw ONNX Runtime, 2 cores; fp32 264):
+  every projection dynamic 0.9776 / 0.9913, 487/s; dynamic with the residual-stream writers (attention and
+  feed-forward outputs) fp32 0.9893 / 0.9957, 348/s; MatMulNBits block 256 0.9943 / 0.9982, 351/s; block 128
+  0.9974 / 0.9989, 298/s. ViT-base size, batch 4: fp32 735 ms, dynamic with writers fp32 480 ms, block 256 452 ms.
+- ENCODER_BLOCK 256 for graphs without past key/values: as fast as the previous recipe, more accurate. At batch 32
+  an encoder's projections are compute-bound; the block decides how often the kernel rescales.
+- DECODER_BLOCK 128 for decoder step graphs (past key/values in, one token per step), which are bound by reading
+  the weights. GPT-2 small size (a fused step, runtime/fuse.py, interleaved): fp32 14.3 ms, dynamic int8 7.1 ms
+  (2.0x), block 128 5.6 ms (2.56x), block 256 5.6 ms, block 32 6.7 ms. Logits along fp32's tokens (6 x 48,
+  teacher-forced): relative error 0.028 and top-1 agreement 96.2 % at block 128, 0.030 / 96.5 % at 256, against
+  0.031 / 94.8 % for dynamic int8.
+- Gemms with a constant weight (classifier heads, poolers) are rewritten as MatMul + Add first
+  (`_gemms_as_matmuls`): MatMulNBits takes MatMuls only.
+- Activation-by-activation MatMuls (attention scores) stay fp32: no weight bytes to save.
 - Gather (embeddings) stays fp32: a lookup reads a few rows, so int8 saves nothing there and adds drift.
 - Conv stays fp32: ONNX Runtime's ConvInteger runs slower than its fp32 Conv on CPU, and the convolutions of the
   vision and audio models here are a small share of their work.
-- In encoders (and every graph without past key/values), the projections that write into the residual stream
-  (attention output, feed-forward output) stay fp32; those that read the normalised residual (query, key, value,
-  feed-forward input, a classifier's input) are int8: see `_excluded` for the numbers behind it.
-- Decoder step graphs (past key/values in, one token per step) are weight-only 8-bit instead (`MatMulNBits`,
-  `_weight_only_int8`): every projection, symmetric per block of 128 inputs, activations quantised per block of a
-  row at run time. A decode step is bound by reading the weights, and ONNX Runtime's dynamic int8 GEMV does not
-  stream them at the memory's speed. GPT-2 small size (bench_int8.py; a fused step, runtime/fuse.py, 2 cores,
-  interleaved): fp32 14.3 ms, dynamic int8 7.1 ms (2.0x), MatMulNBits 8-bit block 128 5.6 ms (2.56x), block 32
-  6.7 ms, block 256 5.6 ms. Accuracy, logits along fp32's tokens (6 x 48, teacher-forced): relative error
-  0.028 and top-1 agreement 96.2 % at block 128, against 0.031 and 94.8 % for the dynamic recipe (README: int8).
-  Gemms, which MatMulNBits does not take, are quantised dynamically.
 - Subgraphs (the merged decoder's `If` branches) are quantised too.
 
 The export side's `onnx` and `onnx-ir` packages are needed to quantise (the runtime-only install runs int8 folders,
@@ -45,8 +49,9 @@ log = logging.getLogger("localinfer")
 
 # What the quantised graph depends on besides the fp32 export: change it when the recipe changes, so that a
 # new recipe never reuses an old int8 folder.
-RECIPE = "dynamic-qint8-per-channel-matmul-gemm-residual-writers-fp32-decoders-matmulnbits8-b128-v2"
-BLOCK = 128  # MatMulNBits' block of inputs sharing one scale (decoders); see _weight_only_int8
+RECIPE = "matmulnbits8-symmetric-encoders-b256-decoders-b128-gemms-as-matmuls-v3"
+ENCODER_BLOCK = 256  # MatMulNBits' block of inputs sharing one scale, graphs without past key/values
+DECODER_BLOCK = 128  # the same, decoder step graphs
 RECORD = "localinfer-int8.json"  # in an int8 folder: the recipe, and the drift measured when it was made
 
 
@@ -118,50 +123,28 @@ def quantize_export(
 def quantize_graph(source: Path, target: Path) -> None:
     """One graph quantised by RECIPE."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(source), load_external_data=False)
     external = any(
         t.data_location == onnx.TensorProto.EXTERNAL for t in _initializers(model.graph)
     ) or source.stat().st_size > (1 << 31) - (1 << 24)
+    if external:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(source.parent))
     decoder = any(i.name.startswith("past_key_values") for i in model.graph.input)
-    excluded = [] if decoder else _excluded(model.graph)
-    del model
-    if decoder:
-        _weight_only_int8(source, target, external)
-        source = target  # Gemms, which MatMulNBits does not take, are quantised dynamically below
-    # quantize_dynamic warns that pre-processing (shape inference) may help: it does not change what it quantises.
-    logging.getLogger().disabled, was = True, logging.getLogger().disabled
-    try:
-        quantize_dynamic(
-            source,
-            target,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["Gemm"] if decoder else ["MatMul", "Gemm"],
-            nodes_to_exclude=excluded,
-            use_external_data_format=external,
-            # DefaultTensorType: shape inference gives no types past ONNX Runtime's own ops (a fused decoder's
-            # MultiHeadAttention, runtime/fuse.py); every activation here is float
-            extra_options={
-                "MatMulConstBOnly": True,
-                "EnableSubgraph": True,
-                "DefaultTensorType": onnx.TensorProto.FLOAT,
-            },
-        )
-    finally:
-        logging.getLogger().disabled = was
+    _gemms_as_matmuls(model.graph)
+    _weight_only_int8(model, target, external, DECODER_BLOCK if decoder else ENCODER_BLOCK)
 
 
-def _weight_only_int8(source: Path, target: Path, external: bool) -> None:
-    """A decoder step graph's MatMuls with constant weights as MatMulNBits: 8-bit weights, symmetric per block of
-    BLOCK inputs, multiplied by activations quantised to int8 per block of the same rows (`accuracy_level` 4:
-    ONNX Runtime's integer kernel, VNNI where the CPU has it). Subgraphs (the merged decoder's branches) too."""
-    import onnx
+def _weight_only_int8(model: Any, target: Path, external: bool, block: int) -> None:
+    """The MatMuls with a constant weight as MatMulNBits: 8-bit weights, symmetric per block of `block` inputs,
+    multiplied by activations quantised to int8 per block of each row (`accuracy_level` 4: ONNX Runtime's integer
+    kernel, VNNI where the CPU has it). Subgraphs (the merged decoder's branches) too."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     chatter = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")  # a line per node at INFO
     level = chatter.level
     chatter.setLevel(logging.WARNING)
@@ -175,6 +158,62 @@ def _weight_only_int8(source: Path, target: Path, external: bool) -> None:
         quantizer.model.save_model_to_file(str(target))
 
 
+def _gemms_as_matmuls(graph: Any) -> None:
+    """Gemms with a constant weight (a classifier's head, a pooler) rewritten as MatMul + Add, which MatMulNBits
+    takes: MatMulNBits quantises MatMuls only. A Gemm that scales (alpha, beta) or transposes its input, or whose
+    transposed weight another node reads too, stays fp32. Subgraphs too."""
+    from onnx import helper, numpy_helper
+
+    constants = {t.name: t for t in _initializers(graph)}
+    readers: dict[str, int] = {}
+    for node in _nodes(graph):
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+
+    def attribute(node: Any, name: str, default: float) -> float:
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+    def rewrite(g: Any) -> None:
+        nodes = []
+        for node in g.node:
+            for a in node.attribute:
+                if a.g is not None and a.g.node:
+                    rewrite(a.g)
+            weight = node.input[1] if node.op_type == "Gemm" else None
+            if (
+                weight not in constants
+                or attribute(node, "alpha", 1.0) != 1.0
+                or attribute(node, "beta", 1.0) != 1.0
+                or attribute(node, "transA", 0)
+                or (attribute(node, "transB", 0) and readers[weight] > 1)
+            ):
+                nodes.append(node)
+                continue
+            if attribute(node, "transB", 0):
+                transposed = numpy_helper.to_array(constants[weight]).T.copy()
+                constants[weight].CopyFrom(numpy_helper.from_array(transposed, weight))
+            product = node.output[0] if len(node.input) < 3 or not node.input[2] else f"{node.output[0]}/product"
+            nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
+            if product != node.output[0]:
+                nodes.append(
+                    helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}/Add")
+                )
+        del g.node[:]
+        g.node.extend(nodes)
+
+    rewrite(graph)
+
+
+def _nodes(graph: Any) -> list[Any]:
+    """Every node of `graph` and of its subgraphs."""
+    found = list(graph.node)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.g is not None and attribute.g.node:
+                found += _nodes(attribute.g)
+    return found
+
+
 def _initializers(graph: Any) -> list[Any]:
     """Every initializer of `graph` and of its subgraphs."""
     found = list(graph.initializer)
@@ -183,64 +222,3 @@ def _initializers(graph: Any) -> list[Any]:
             if attribute.g is not None and attribute.g.node:
                 found += _initializers(attribute.g)
     return found
-
-
-# Ops an activation passes through unchanged in kind between a producer and a projection: reshapes, casts and the
-# element-wise pieces of GELU (x * 0.5 * (1 + erf(x / sqrt 2))) and of bias additions.
-_PASS_THROUGH = {
-    "Reshape",
-    "Transpose",
-    "Cast",
-    "Flatten",
-    "Squeeze",
-    "Unsqueeze",
-    "Identity",
-    "Dropout",
-    "Mul",
-    "Add",
-    "Div",
-}
-_ACTIVATIONS = {"Erf", "Tanh", "Relu", "Sigmoid", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Softplus", "Elu"}
-
-
-def _excluded(graph: Any, outer: tuple[dict[str, Any], set[str]] = ({}, set())) -> list[str]:
-    """The projections that write into the residual stream, kept fp32: a MatMul or Gemm whose input comes from an
-    activation function (a feed-forward block's output projection) or from an activation-by-activation MatMul (the
-    attention context, into the attention's output projection). The projections that read a normalised residual
-    (query, key, value, the feed-forward input, a language model's head) are quantised.
-
-    Why, on all-MiniLM-L6-v2 over 1000 varied sentences (min cosine of int8 to fp32 embeddings): every weight
-    MatMul quantised 0.982; each node alone shows the feed-forward block's two projections cost the most
-    (1 - mean cosine 3e-4 to 2e-3 each, against 1e-5 to 3e-4 for attention's); keeping both feed-forward
-    projections fp32 leaves most of the work fp32, while keeping the residual writers (feed-forward output and
-    attention output) fp32 gives 0.9905 with query, key, value and feed-forward input int8 (README: int8).
-    """
-    producers = {**outer[0], **{out: node for node in graph.node for out in node.output}}
-    constants = outer[1] | {t.name for t in graph.initializer}
-    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-    found = []
-    for node in graph.node:
-        for attribute in node.attribute:  # an If's branches read the outer graph's tensors
-            if attribute.g.node:
-                found += _excluded(attribute.g, (producers, constants))
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in constants:
-            if _writes_residual(node.input[0], producers, constants):
-                # quantize_dynamic first rewrites a Gemm as a MatMul named "<gemm>_MatMul" (plus an Add): both names
-                found += [node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name]
-    return found
-
-
-def _writes_residual(name: str, producers: dict[str, Any], constants: set[str], depth: int = 6) -> bool:
-    """Whether tensor `name` comes, through pass-through ops, from an activation or an activation-by-activation
-    MatMul."""
-    node = producers.get(name)
-    if node is None or depth == 0:
-        return False
-    if node.op_type in _ACTIVATIONS:
-        return True
-    if node.op_type == "MatMul":
-        return not any(i in constants for i in node.input)
-    if node.op_type in _PASS_THROUGH:
-        inputs = [i for i in node.input if i and i not in constants]
-        return any(_writes_residual(i, producers, constants, depth - 1) for i in inputs)
-    return False
