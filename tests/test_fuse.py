@@ -137,3 +137,21 @@ def test_the_fusion_is_in_the_decoder_exports_key_only(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "FUSION_VERSION", FUSION_VERSION + "-next")
     after = [export_dir(tmp_path, "m", "f", kind) for kind in (causal, encoder)]
     assert after[0] != before[0] and after[1] == before[1]
+
+
+def test_a_rewrite_that_fails_leaves_the_export_as_it_is(exported, tmp_path, monkeypatch):
+    """A graph the rewrite trips on (here: any) costs the fusion, never the export."""
+    from localinfer.runtime import fuse
+
+    def broken(graph) -> int:
+        raise ValueError("an unexpected graph")
+
+    monkeypatch.setattr(fuse, "_fuse_attention", broken)
+    folder = tmp_path / "fused"
+    shutil.copytree(exported, folder)
+    assert fuse_decoder_export(folder) == {"attention": 0, "projections": 8}  # the projections' rewrite alone
+    monkeypatch.setattr(fuse, "_unflatten_projections", broken)
+    again = tmp_path / "again"
+    shutil.copytree(exported, again)
+    assert fuse_decoder_export(again) == {}
+    assert _ops(again / "model.onnx") == _ops(exported / "model.onnx") and not (again / ".fused").exists()
