@@ -173,28 +173,28 @@ def _fuse_attention(graph: Any) -> int:
         return 0
     g = _Graph(graph)
     mask = "localinfer_attention_mask_int32"
-    new_nodes, removed, fused = [], set(), 0
-    layer = 0
-    while f"past_key_values.{layer}.key" in inputs:
+    new_nodes, removed = [], set()
+    layers = 0
+    while f"past_key_values.{layers}.key" in inputs:
+        layers += 1
+    for layer in range(layers):
         found = _match_layer(g, inputs, layer)
-        layer += 1
         if found is None:
             continue
         nodes, (query, key, value, context), heads = found
-        past_key, past_value = f"past_key_values.{layer - 1}.key", f"past_key_values.{layer - 1}.value"
         new_nodes.append(
             helper.make_node(
                 "MultiHeadAttention",
-                [query, key, value, "", mask, "", past_key, past_value],
-                [context, f"present.{layer - 1}.key", f"present.{layer - 1}.value"],
-                name=f"localinfer/layer{layer - 1}/MultiHeadAttention",
+                [query, key, value, "", mask, "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"],
+                [context, f"present.{layer}.key", f"present.{layer}.value"],
+                name=f"localinfer/layer{layer}/MultiHeadAttention",
                 domain="com.microsoft",
                 num_heads=heads,
                 unidirectional=1,
             )
         )
         removed |= {id(n) for n in nodes}
-        fused += 1
+    fused = len(new_nodes)
     if not fused:
         return 0
     kept = [n for n in graph.node if id(n) not in removed]
