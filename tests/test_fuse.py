@@ -7,6 +7,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from localinfer.runtime.export import ExportKind, export_dir
@@ -82,8 +83,8 @@ def test_a_rewrite_that_does_not_verify_is_not_kept(exported, tmp_path, monkeypa
 
     original = fuse._fuse_attention
 
-    def wrong(graph) -> int:
-        fused = original(graph)
+    def wrong(graph, scales) -> int:
+        fused = original(graph, scales)
         for node in graph.node:
             if node.op_type == "MultiHeadAttention":
                 node.attribute[[a.name for a in node.attribute].index("unidirectional")].i = 0
@@ -143,7 +144,7 @@ def test_a_rewrite_that_fails_leaves_the_export_as_it_is(exported, tmp_path, mon
     """A graph the rewrite trips on (here: any) costs the fusion, never the export."""
     from localinfer.runtime import fuse
 
-    def broken(graph) -> int:
+    def broken(*args) -> int:
         raise ValueError("an unexpected graph")
 
     monkeypatch.setattr(fuse, "_fuse_attention", broken)
@@ -155,3 +156,41 @@ def test_a_rewrite_that_fails_leaves_the_export_as_it_is(exported, tmp_path, mon
     shutil.copytree(exported, again)
     assert fuse_decoder_export(again) == {}
     assert _ops(again / "model.onnx") == _ops(exported / "model.onnx") and not (again / ".fused").exists()
+
+
+def _scales_of(path: Path) -> list[float]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return [
+        a.f for n in model.graph.node if n.op_type == "MultiHeadAttention" for a in n.attribute if a.name == "scale"
+    ]
+
+
+def test_each_layers_scale_is_read_from_the_graph(exported, tmp_path):
+    """The scale is the exported graph's, not MultiHeadAttention's default: SDPA's 1 / sqrt(head_dim) here
+    (32 wide, 2 heads); a layer whose graph scales its query otherwise (rewired below to 0.7) gets its own."""
+    import onnx
+    from onnx import numpy_helper
+
+    from localinfer.runtime.fuse import attention_factors
+
+    folder = tmp_path / "default"
+    shutil.copytree(exported, folder)
+    fuse_decoder_export(folder)
+    assert _scales_of(folder / "model.onnx") == pytest.approx([16**-0.5] * 2)
+
+    model = onnx.load(str(exported / "model.onnx"))
+    query_factor, _ = attention_factors(model.graph)[1]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.7, dtype=np.float32), "planted_scale"))
+    for node in model.graph.node:
+        if node.op_type == "Mul" and list(node.input[1:]) == [query_factor]:
+            node.input[1] = "planted_scale"
+    rescaled = tmp_path / "rescaled"
+    shutil.copytree(exported, rescaled)
+    onnx.save(model, str(rescaled / "model.onnx"))
+    reference = tmp_path / "reference.onnx"
+    shutil.copy(rescaled / "model.onnx", reference)
+    assert fuse_decoder_export(rescaled)["attention"] == 2
+    assert _scales_of(rescaled / "model.onnx") == pytest.approx([16**-0.5, 0.7 * 16**-0.25])
+    assert compare(reference, rescaled / "model.onnx") is None

@@ -11,14 +11,16 @@ LayerNorm and Gelu here. Two rewrites, written here because no library makes the
 - Attention with past -> `com.microsoft.MultiHeadAttention` (query, key, value [batch, n, hidden]; past and
   present key/value [batch, heads, length, head_dim], optimum's layout; `unidirectional` for the causal mask;
   the attention mask as its key padding mask). Matched from each `present.{i}.key|value` Concat back to the
-  projections' outputs and forward to the context's Reshape.
+  projections' outputs and forward to the context's Reshape. Each layer's scale is the graph's own: SDPA scales
+  query and key by tensors computed from the head size (or the model's own scale), read by running the exported
+  graph once with them as outputs.
 - A projection flattened for Gemm (Reshape to 2-D -> Gemm -> Reshape back) -> MatMul + Add on the 3-D input
   (MatMul broadcasts). It also leaves the weights in MatMul nodes, which int8 quantisation needs.
 
 Nothing is trusted to the pattern: the rewritten graph is run beside the exported one on random inputs (a
 prompt with a left-padded row, then a step with past) and kept only if its logits and presents agree within
 1e-4; otherwise the export stays as optimum made it (logged). Models whose attention differs (rotary, grouped
-heads, ALiBi, a custom scale) do not match or do not verify, and run unfused. Encoder-decoder decoders (the merged
+heads, ALiBi) do not match or do not verify, and run unfused. Encoder-decoder decoders (the merged
 graph's `If` branches) are not rewritten.
 """
 
@@ -35,7 +37,7 @@ import numpy as np
 log = logging.getLogger("localinfer")
 
 # Part of an export's key (fingerprint.graph_versions): a new rewrite never reuses an old export.
-FUSION_VERSION = "decoder-mha-matmul-v1"
+FUSION_VERSION = "decoder-mha-scale-from-graph-matmul-v2"
 TOLERANCE = 1e-4  # relative to the largest logit or present value
 
 
@@ -49,12 +51,17 @@ def fuse_decoder_export(folder: Path, name: str = "model.onnx") -> dict[str, int
     path = folder / name
     model = onnx.load(str(path), load_external_data=True)
     external = path.with_name(name + "_data").exists() or model.ByteSize() > (1 << 31) - (1 << 24)
+    try:
+        scales = _scales(model, folder / ".probe", name, external)
+    except Exception as exc:  # the attention then stays as exported
+        log.info("decoder attention left as exported: its scale could not be read (%s)", exc)
+        scales = {}
     for attempt in (("attention", "projections"), ("attention",), ("projections",)):
         trial = folder / ".fused"
         try:
             candidate = onnx.ModelProto()
             candidate.CopyFrom(model)
-            counts = _rewrite(candidate, attempt)
+            counts = _rewrite(candidate, attempt, scales)
             if not any(counts.values()):
                 continue
             shutil.rmtree(trial, ignore_errors=True)
@@ -76,6 +83,35 @@ def fuse_decoder_export(folder: Path, name: str = "model.onnx") -> dict[str, int
     return {}
 
 
+def _scales(model: Any, probe: Path, name: str, external: bool) -> dict[int, float]:
+    """Each matching layer's attention scale, read by running the exported graph once with its scale tensors as
+    extra outputs (SDPA's scale is computed from the head size in the graph, or is the model's own: GPT-2's
+    `scale_attn_by_inverse_layer_idx`, `scale_attn_weights`). A layer whose scale is not one number is left out."""
+    import onnx
+    from onnx import helper
+
+    factors = attention_factors(model.graph)
+    if not factors:
+        return {}
+    wanted = sorted({name for pair in factors.values() for name in pair})
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    probed.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
+    shutil.rmtree(probe, ignore_errors=True)
+    probe.mkdir()
+    try:
+        _save(probed, probe / name, external)
+        del probed
+        values = run_probe(probe / name, wanted)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return {
+        layer: float(values[q].reshape(())) * float(values[k].reshape(()))
+        for layer, (q, k) in factors.items()
+        if values[q].size == 1 and values[k].size == 1
+    }
+
+
 def _save(model: Any, path: Path, external: bool) -> None:
     import onnx
 
@@ -85,11 +121,11 @@ def _save(model: Any, path: Path, external: bool) -> None:
         onnx.save_model(model, str(path))
 
 
-def _rewrite(model: Any, kinds: tuple[str, ...]) -> dict[str, int]:
+def _rewrite(model: Any, kinds: tuple[str, ...], scales: dict[int, float]) -> dict[str, int]:
     graph = model.graph
     counts = {"attention": 0, "projections": 0}
     if "attention" in kinds:
-        counts["attention"] = _fuse_attention(graph)
+        counts["attention"] = _fuse_attention(graph, scales)
         if counts["attention"] and not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(_opset("com.microsoft", 1))
     if "projections" in kinds:
@@ -164,8 +200,26 @@ def _heads_split(g: _Graph, node: Any | None) -> str | None:
     return reshape.input[0] if reshape is not None else None
 
 
-def _fuse_attention(graph: Any) -> int:
-    """Each layer's attention with past replaced by one MultiHeadAttention node; returns how many."""
+def _layers(graph: Any) -> int:
+    inputs = {i.name for i in graph.input}
+    count = 0
+    while f"past_key_values.{count}.key" in inputs:
+        count += 1
+    return count
+
+
+def attention_factors(graph: Any) -> dict[int, tuple[str, str]]:
+    """Per layer whose attention matches, the tensors that scale its query and its key (computed in the graph from
+    shapes, or constants): their product is the layer's MultiHeadAttention `scale`."""
+    inputs = {i.name: i for i in graph.input}
+    g = _Graph(graph)
+    found = {layer: _match_layer(g, inputs, layer) for layer in range(_layers(graph))}
+    return {layer: match[3] for layer, match in found.items() if match is not None}
+
+
+def _fuse_attention(graph: Any, scales: dict[int, float]) -> int:
+    """Each layer's attention with past replaced by one MultiHeadAttention node of scale `scales[layer]` (layers
+    without a scale are left); returns how many."""
     from onnx import TensorProto, helper
 
     inputs = {i.name: i for i in graph.input}
@@ -174,14 +228,11 @@ def _fuse_attention(graph: Any) -> int:
     g = _Graph(graph)
     mask = "localinfer_attention_mask_int32"
     new_nodes, removed = [], set()
-    layers = 0
-    while f"past_key_values.{layers}.key" in inputs:
-        layers += 1
-    for layer in range(layers):
+    for layer in range(_layers(graph)):
         found = _match_layer(g, inputs, layer)
-        if found is None:
+        if found is None or layer not in scales:
             continue
-        nodes, (query, key, value, context), heads = found
+        nodes, (query, key, value, context), heads, _ = found
         new_nodes.append(
             helper.make_node(
                 "MultiHeadAttention",
@@ -190,6 +241,7 @@ def _fuse_attention(graph: Any) -> int:
                 name=f"localinfer/layer{layer}/MultiHeadAttention",
                 domain="com.microsoft",
                 num_heads=heads,
+                scale=scales[layer],
                 unidirectional=1,
             )
         )
@@ -209,9 +261,10 @@ def _fuse_attention(graph: Any) -> int:
     return fused
 
 
-def _match_layer(g: _Graph, inputs: dict[str, Any], layer: int) -> tuple[list, tuple, int] | None:
-    """The nodes of layer `layer`'s attention (from the projections' outputs to the context's Reshape) and the
-    MultiHeadAttention's query, key, value and context tensors; None where the graph differs."""
+def _match_layer(g: _Graph, inputs: dict[str, Any], layer: int) -> tuple[list, tuple, int, tuple] | None:
+    """The nodes of layer `layer`'s attention (from the projections' outputs to the context's Reshape), the
+    MultiHeadAttention's query, key, value and context tensors, its heads, and the two tensors that scale the
+    query and the key; None where the graph differs."""
     present_key, present_value = f"present.{layer}.key", f"present.{layer}.value"
     concat_k, concat_v = g.producer.get(present_key), g.producer.get(present_value)
     shape = inputs[f"past_key_values.{layer}.key"].type.tensor_type.shape.dim
@@ -242,8 +295,9 @@ def _match_layer(g: _Graph, inputs: dict[str, Any], layer: int) -> tuple[list, t
     query_scale = g.parent(scores, 0, "Mul")
     query_split = query_scale and g.producer.get(query_scale.input[0])
     query = _heads_split(g, query_split)
-    if query is None:
+    if query is None or key_scale.input[0] != transposed[0].output[0]:
         return None
+    factors = (query_scale.input[1], key_scale.input[1])  # SDPA's scale, its square root on each side
     add = g.only_child(scores.output[0], "Add")
     softmax = add and g.only_child(add.output[0], "Softmax")
     if softmax is None or _attribute(softmax, "axis", -1) not in (-1, 3):
@@ -273,7 +327,7 @@ def _match_layer(g: _Graph, inputs: dict[str, Any], layer: int) -> tuple[list, t
     nodes += [weighted, merge, context]
     nodes += [key_split, value_split, query_split]
     nodes += [g.producer[n.input[0]] for n in (key_split, value_split, query_split)]  # their Reshapes
-    return nodes, (query, key, value, context.output[0]), heads
+    return nodes, (query, key, value, context.output[0]), heads, factors
 
 
 def _unflatten_projections(graph: Any) -> int:
@@ -331,39 +385,59 @@ def _prune(graph: Any) -> None:
     graph.initializer.extend(initializers)
 
 
-def compare(reference: Path, candidate: Path, seed: int = 0) -> str | None:
-    """Run both decoder graphs on random inputs (a 2-row prompt of 5 tokens, the second row left-padded by 2,
-    then a one-token step with a past of 3); None where every logit of a real position and every present of a
-    real position agree within TOLERANCE (relative), else what differs."""
+def _session(path: Path) -> Any:
     import onnxruntime as ort
 
     from .onnx import session_options
 
-    sessions = [
-        ort.InferenceSession(str(p), sess_options=session_options(), providers=["CPUExecutionProvider"])
-        for p in (reference, candidate)
-    ]
-    names = [i.name for i in sessions[0].get_inputs()]
-    known = {"input_ids", "attention_mask", "position_ids", "cache_position"}
-    if any(n not in known and not n.startswith("past_key_values.") for n in names):
+    return ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
+
+
+KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids", "cache_position"})
+CASES = ((2, 5, 0, 2), (2, 1, 3, 0))  # rows, new tokens, past length, left padding of the second row
+
+
+def _feeds(session: Any, rows: int, new: int, past: int, pad: int, rng: Any) -> tuple[dict, np.ndarray]:
+    """Random inputs for a decoder step, and their attention mask. Past key/values are drawn with a spread of 3,
+    so that attention scores are large enough for a wrong scale or mask to show in the logits."""
+    names = [i.name for i in session.get_inputs()]
+    vocab = next(o.shape[-1] for o in session.get_outputs() if o.name == "logits")
+    vocab = vocab if isinstance(vocab, int) else 16
+    mask = np.ones((rows, past + new), dtype=np.int64)
+    mask[1, :pad] = 0
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, past:]
+    feeds: dict[str, np.ndarray] = {
+        "input_ids": rng.integers(0, vocab, (rows, new), dtype=np.int64),
+        "attention_mask": mask,
+        "position_ids": positions.astype(np.int64),
+        "cache_position": np.arange(past, past + new, dtype=np.int64),
+    }
+    for node in session.get_inputs():
+        if node.name.startswith("past_key_values."):
+            shape = (rows, node.shape[1], past, node.shape[3])
+            feeds[node.name] = (3 * rng.standard_normal(shape)).astype(np.float32)
+    return {k: v for k, v in feeds.items() if k in names}, mask
+
+
+def run_probe(path: Path, outputs: list[str]) -> dict[str, np.ndarray]:
+    """`outputs` of the graph at `path`, run once on random inputs (the first of CASES)."""
+    session = _session(path)
+    if any(i.name not in KNOWN_INPUTS and not i.name.startswith("past_key_values.") for i in session.get_inputs()):
+        raise ValueError("the graph has inputs the probe does not know")
+    feeds, _ = _feeds(session, *CASES[0], np.random.default_rng(0))
+    return dict(zip(outputs, session.run(outputs, feeds), strict=True))
+
+
+def compare(reference: Path, candidate: Path, seed: int = 0) -> str | None:
+    """Run both decoder graphs on random inputs (a 2-row prompt of 5 tokens, the second row left-padded by 2,
+    then a one-token step with a past of 3); None where every logit of a real position and every present of a
+    real position agree within TOLERANCE (relative), else what differs."""
+    sessions = [_session(reference), _session(candidate)]
+    if any(i.name not in KNOWN_INPUTS and not i.name.startswith("past_key_values.") for i in sessions[0].get_inputs()):
         return "has inputs the check does not know"
     rng = np.random.default_rng(seed)
-    vocab = next(o.shape[-1] for o in sessions[0].get_outputs() if o.name == "logits")
-    vocab = vocab if isinstance(vocab, int) else 16
-    for rows, new, past, pad in ((2, 5, 0, 2), (2, 1, 3, 0)):
-        mask = np.ones((rows, past + new), dtype=np.int64)
-        mask[1, :pad] = 0
-        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, past:]
-        feeds: dict[str, np.ndarray] = {
-            "input_ids": rng.integers(0, vocab, (rows, new), dtype=np.int64),
-            "attention_mask": mask,
-            "position_ids": positions.astype(np.int64),
-            "cache_position": np.arange(past, past + new, dtype=np.int64),
-        }
-        for node in sessions[0].get_inputs():
-            if node.name.startswith("past_key_values."):
-                feeds[node.name] = rng.standard_normal((rows, node.shape[1], past, node.shape[3])).astype(np.float32)
-        feeds = {k: v for k, v in feeds.items() if k in names}
+    for case in CASES:
+        feeds, mask = _feeds(sessions[0], *case, rng)
         outputs = [dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds), strict=True)) for s in sessions]
         for name, expected in outputs[0].items():
             got = outputs[1].get(name)
