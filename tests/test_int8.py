@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from localinfer.runtime.quantize import RECIPE, RECORD, read_record
 from localinfer.server import _registry
 from tests.fixtures.runtime_cases import CASES, _materialise
 from tests.fixtures.tiny_models import write_models_toml
-from tests.test_runtime_only import ROOT, RUNTIME_PYTHON
+from tests.test_runtime_only import RUNTIME_PYTHON, answer_in_child
 
 # One fixture model per export kind.
 KINDS = {
@@ -191,36 +189,9 @@ def test_runtime_only_install_runs_a_shipped_int8_folder(engine, int8_engine, tm
     if not RUNTIME_PYTHON.is_file():
         pytest.fail(f"{RUNTIME_PYTHON} is missing: run the README's set-up command (it makes .venv-runtime)")
     folders = {name: engine.export_to(f"tiny/{name}", tmp_path / name, precision="int8") for name in ("gpt2", "vit")}
-    code = (
-        "import base64, json, sys, localinfer\n"
-        "engine = localinfer.LocalInference()\n"
-        "out = []\n"
-        "for folder, payload in json.loads(sys.argv[1]):\n"
-        "    if isinstance(payload['inputs'], dict) and 'b64' in payload['inputs']:\n"
-        "        payload['inputs'] = base64.b64decode(payload['inputs']['b64'])\n"
-        "    answer = engine.answer(folder, payload)\n"
-        "    out.append([answer.result, answer.compute_type])\n"
-        "print(json.dumps(out))\n"
-    )
-    import base64
-
-    cases = []
-    for name, folder in folders.items():
-        payload = _payload(name)
-        if isinstance(payload["inputs"], bytes):
-            payload["inputs"] = {"b64": base64.b64encode(payload["inputs"]).decode()}
-        cases.append([str(folder), payload])
-    env = {**os.environ, "LOCALINFER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [str(RUNTIME_PYTHON), "-c", code, json.dumps(cases)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    answers = json.loads(done.stdout)
+    cases = [{"folder": str(folder), "payload": CASES[name][0]} for name, folder in folders.items()]
+    child = answer_in_child(RUNTIME_PYTHON, cases, tmp_path)
+    answers = list(zip(child["answers"], child["compute_types"], strict=True))
     for (name, folder), (result, compute_type) in zip(folders.items(), answers, strict=True):
         assert compute_type == "cpu+int8"
         assert result == LocalInference(home=tmp_path / "full").query(str(folder), _payload(name)), name

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import assert_close, assert_informative
+from tests.fixtures.streams import fail_at_third_token
 from tests.live_server import LiveServer
 
 CHAT = "tiny/gpt2-chat"
@@ -274,17 +275,7 @@ def test_token_and_body_limit_in_openai_shape(guarded):
 
 
 def test_a_failure_mid_stream_is_an_error_event(client, monkeypatch):
-    from localinfer.tasks import text_generation
-
-    original, calls = text_generation.TextIncrements.add, []
-
-    def failing(self, token):
-        calls.append(token)
-        if len(calls) == 3:
-            raise RuntimeError("boom")
-        return original(self, token)
-
-    monkeypatch.setattr(text_generation.TextIncrements, "add", failing)
+    fail_at_third_token(monkeypatch)
     stream = client.chat.completions.create(model=CHAT, messages=OTHER, max_tokens=8, temperature=0, stream=True)
     received = []
     with pytest.raises(openai.APIError, match="unknown error"):

@@ -44,12 +44,16 @@ def expected(engine) -> list:
     return answers
 
 
-def _answer_in_child(python: Path, shipped: dict[str, Path], tmp_path: Path, **extra_env: str) -> dict:
-    cases = [
+def _every_case(shipped: dict[str, Path]) -> list[dict]:
+    return [
         {"folder": str(shipped[name]), "payload": payload}
         for name, payloads in runtime_cases.CASES.items()
         for payload in payloads
     ]
+
+
+def answer_in_child(python: Path, cases: list[dict], tmp_path: Path, **extra_env: str) -> dict:
+    """tests/fixtures/runtime_cases.py's answers to `cases` (`{"folder", "payload"}`) from interpreter `python`."""
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     env = {**os.environ, "LOCALINFER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), **extra_env}
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -112,7 +116,7 @@ def test_runtime_only_install_answers_as_the_full_one(shipped, expected, tmp_pat
     listed = subprocess.run([str(RUNTIME_PYTHON), "-c", names], capture_output=True, text=True, check=True)
     installed = {name.lower().replace("_", "-") for name in json.loads(listed.stdout)}
     assert not installed & {"torch", "optimum", "optimum-onnx", "onnx", "sentence-transformers"}, installed
-    result = _answer_in_child(RUNTIME_PYTHON, shipped, tmp_path)
+    result = answer_in_child(RUNTIME_PYTHON, _every_case(shipped), tmp_path)
     _check_answers(result["answers"], expected, tapas_needs_pandas=True)
     assert result["modules"] == []
 
@@ -121,7 +125,7 @@ def test_full_install_runtime_path_imports_no_export_side(shipped, expected, tmp
     """localinfer's own code on the runtime path imports no export-side package, even where they are installed.
     transformers itself imports torch whenever torch is installed (its image and feature processors do), so the
     child tells it not to (USE_TORCH=0), as it would find no torch on a runtime-only install."""
-    result = _answer_in_child(Path(sys.executable), shipped, tmp_path, USE_TORCH="0")
+    result = answer_in_child(Path(sys.executable), _every_case(shipped), tmp_path, USE_TORCH="0")
     _check_answers(result["answers"], expected, tapas_needs_pandas=False)
     assert result["modules"] == [], f"the runtime path imported {result['modules']}"
 

@@ -10,6 +10,7 @@ import pytest
 import requests
 import torch
 
+from tests.fixtures.streams import fail_at_third_token
 from tests.live_server import LiveServer
 
 PROMPT = "The answer to the universe is"
@@ -126,17 +127,7 @@ def test_stream_refusals_are_the_hosted_apis_errors(live):
 def test_a_failure_after_the_first_event_is_an_error_event(client, monkeypatch):
     from huggingface_hub.errors import GenerationError
 
-    from localinfer.tasks import text_generation
-
-    original, calls = text_generation.TextIncrements.add, []
-
-    def failing(self, token):
-        calls.append(token)
-        if len(calls) == 3:
-            raise RuntimeError("boom")
-        return original(self, token)
-
-    monkeypatch.setattr(text_generation.TextIncrements, "add", failing)
+    fail_at_third_token(monkeypatch)
     received = []
     with pytest.raises(GenerationError, match="unknown error"):
         for piece in client.text_generation(PROMPT, stream=True, max_new_tokens=8, do_sample=False):

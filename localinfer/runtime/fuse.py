@@ -330,43 +330,56 @@ def _match_layer(g: _Graph, inputs: dict[str, Any], layer: int) -> tuple[list, t
     return nodes, (query, key, value, context.output[0]), heads, factors
 
 
+def gemm_as_matmul(gemm: Any, constants: dict[str, Any], readers: int, source: str, target: str) -> list[Any] | None:
+    """MatMul(`source`, W) (+ Add(bias)) making `target`, for a Gemm with a constant weight that only multiplies
+    (alpha = beta = 1, its input not transposed); W is transposed in place where the Gemm transposes it, unless
+    another node reads it too (`readers`: how many nodes read W). None where the Gemm does more than that.
+    Used here (a projection's flattening Reshapes dropped) and by runtime/quantize.py (MatMulNBits takes MatMuls)."""
+    from onnx import helper, numpy_helper
+
+    weight = gemm.input[1]
+    transposed = _attribute(gemm, "transB", 0)
+    if (
+        weight not in constants
+        or _attribute(gemm, "transA", 0)
+        or _attribute(gemm, "alpha", 1.0) != 1.0
+        or _attribute(gemm, "beta", 1.0) != 1.0
+        or (transposed and readers > 1)  # shared (tied weights): left as it is
+    ):
+        return None
+    if transposed:
+        array = np.ascontiguousarray(numpy_helper.to_array(constants[weight]).T)
+        constants[weight].CopyFrom(numpy_helper.from_array(array, weight))
+    if len(gemm.input) < 3 or not gemm.input[2]:
+        return [helper.make_node("MatMul", [source, weight], [target], name=gemm.name)]
+    product = f"{target}/matmul"
+    return [
+        helper.make_node("MatMul", [source, weight], [product], name=gemm.name),
+        helper.make_node("Add", [product, gemm.input[2]], [target], name=f"{gemm.name}/Add"),
+    ]
+
+
 def _unflatten_projections(graph: Any) -> int:
     """Reshape(x, [-1, k]) -> Gemm(W, b) -> Reshape(back) rewritten as MatMul(x, W) + Add(b); returns how many.
     (The reshapes' shapes are computed in the graph; the verification checks they flatten and restore.)"""
-    from onnx import helper, numpy_helper
-
     g = _Graph(graph)
-    rewritten = 0
     replace: dict[int, list] = {}
     for gemm in graph.node:
-        if gemm.op_type != "Gemm" or len(gemm.input) != 3 or gemm.input[1] not in g.constants:
-            continue
-        if _attribute(gemm, "transA", 0) or _attribute(gemm, "alpha", 1.0) != 1.0 or _attribute(gemm, "beta", 1.0) != 1:
+        if gemm.op_type != "Gemm":
             continue
         flatten = g.parent(gemm, 0, "Reshape")
         restore = g.only_child(gemm.output[0], "Reshape")
         if flatten is None or restore is None or g.consumers[flatten.output[0]] != [gemm]:
             continue
-        weight = gemm.input[1]
-        if _attribute(gemm, "transB", 0):
-            if len(g.consumers[weight]) > 1:  # shared with another node (tied weights): left as it is
-                continue
-            transposed = numpy_helper.to_array(g.constants[weight]).T
-            g.constants[weight].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(transposed), weight))
-        product = f"{gemm.output[0]}/matmul"
-        replace[id(flatten)] = []
-        replace[id(gemm)] = [
-            helper.make_node("MatMul", [flatten.input[0], weight], [product], name=f"{gemm.name}/MatMul")
-        ]
-        replace[id(restore)] = [
-            helper.make_node("Add", [product, gemm.input[2]], [restore.output[0]], name=f"{gemm.name}/Add")
-        ]
-        rewritten += 1
-    if rewritten:
+        readers = len(g.consumers[gemm.input[1]])
+        rewritten = gemm_as_matmul(gemm, g.constants, readers, flatten.input[0], restore.output[0])
+        if rewritten is not None:
+            replace.update({id(flatten): [], id(gemm): rewritten, id(restore): []})
+    if replace:
         nodes = [new for node in graph.node for new in replace.get(id(node), [node])]
         del graph.node[:]
         graph.node.extend(nodes)
-    return rewritten
+    return len(replace) // 3
 
 
 def _prune(graph: Any) -> None:

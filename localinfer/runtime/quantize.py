@@ -159,66 +159,41 @@ def _weight_only_int8(model: Any, target: Path, external: bool, block: int) -> N
 
 
 def _gemms_as_matmuls(graph: Any) -> None:
-    """Gemms with a constant weight (a classifier's head, a pooler) rewritten as MatMul + Add, which MatMulNBits
-    takes: MatMulNBits quantises MatMuls only. A Gemm that scales (alpha, beta) or transposes its input, or whose
-    transposed weight another node reads too, stays fp32. Subgraphs too."""
-    from onnx import helper, numpy_helper
+    """Gemms with a constant weight (a classifier's head, a pooler) rewritten as MatMul + Add
+    (`fuse.gemm_as_matmul`): MatMulNBits quantises MatMuls only. Subgraphs too."""
+    from .fuse import gemm_as_matmul
 
     constants = {t.name: t for t in _initializers(graph)}
     readers: dict[str, int] = {}
     for node in _nodes(graph):
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-
-    def attribute(node: Any, name: str, default: float) -> float:
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-    def rewrite(g: Any) -> None:
+    for g in reversed(_graphs(graph)):  # subgraphs first: rebuilding a graph's nodes copies the subgraphs in them
         nodes = []
         for node in g.node:
-            for a in node.attribute:
-                if a.g is not None and a.g.node:
-                    rewrite(a.g)
-            weight = node.input[1] if node.op_type == "Gemm" else None
-            if (
-                weight not in constants
-                or attribute(node, "alpha", 1.0) != 1.0
-                or attribute(node, "beta", 1.0) != 1.0
-                or attribute(node, "transA", 0)
-                or (attribute(node, "transB", 0) and readers[weight] > 1)
-            ):
-                nodes.append(node)
-                continue
-            if attribute(node, "transB", 0):
-                transposed = numpy_helper.to_array(constants[weight]).T.copy()
-                constants[weight].CopyFrom(numpy_helper.from_array(transposed, weight))
-            product = node.output[0] if len(node.input) < 3 or not node.input[2] else f"{node.output[0]}/product"
-            nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
-            if product != node.output[0]:
-                nodes.append(
-                    helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}/Add")
-                )
+            rewritten = None
+            if node.op_type == "Gemm":
+                rewritten = gemm_as_matmul(node, constants, readers[node.input[1]], node.input[0], node.output[0])
+            nodes += rewritten or [node]
         del g.node[:]
         g.node.extend(nodes)
 
-    rewrite(graph)
+
+def _graphs(graph: Any) -> list[Any]:
+    """`graph` and its subgraphs (the merged decoder's `If` branches), depth first."""
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.g is not None and attribute.g.node:
+                found += _graphs(attribute.g)
+    return found
 
 
 def _nodes(graph: Any) -> list[Any]:
     """Every node of `graph` and of its subgraphs."""
-    found = list(graph.node)
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.g is not None and attribute.g.node:
-                found += _nodes(attribute.g)
-    return found
+    return [node for g in _graphs(graph) for node in g.node]
 
 
 def _initializers(graph: Any) -> list[Any]:
     """Every initializer of `graph` and of its subgraphs."""
-    found = list(graph.initializer)
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.g is not None and attribute.g.node:
-                found += _initializers(attribute.g)
-    return found
+    return [tensor for g in _graphs(graph) for tensor in g.initializer]
